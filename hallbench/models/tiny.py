@@ -1,0 +1,246 @@
+"""Tiny real VLMs for tests and the demo, built in code with no download of any kind.
+
+``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration`` and ``tiny-ministral`` a
+``Mistral3ForConditionalGeneration`` (text model ``ministral3``, Pixtral vision tower): the real
+transformers classes, shrunk to a few layers, with random weights from a fixed seed. Their
+processors are real too: the Qwen2-VL / Pixtral image processors (PIL backends) and a word-level
+``tokenizers`` tokenizer over the shapes-world vocabulary, plus a chat template in each family's
+format. They save with ``save_pretrained``, reload with ``from_pretrained`` and generate exactly
+like the full-size checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hallbench.data.shapes import vocabulary
+from hallbench.errors import HallbenchError
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",  # pad
+    "<|im_start|>",
+    "<|im_end|>",  # eos
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+MISTRAL_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+UNK = "[UNK]"
+
+# Both templates render string content or a list of {"type": "image"} / {"type": "text"} parts,
+# mirroring the official templates' structure for single-turn and multi-turn chats.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST]{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}[IMG]{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %}[/INST]{% elif message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Dimensions of a tiny model. The defaults train on 2 CPU cores in minutes."""
+
+    hidden_size: int = 128
+    """Width of the text decoder."""
+    num_layers: int = 2
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads (head_dim = hidden_size / num_heads)."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention, as in both full-size families)."""
+    intermediate_size: int = 256
+    """MLP width of the decoder."""
+    vision_hidden_size: int = 64
+    """Width of the vision tower."""
+    vision_layers: int = 2
+    """Vision tower depth."""
+    image_size: int = 64
+    """Images are resized to this square size: 64 px = 4x4 patches of 16 = 4 merged visual tokens."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise HallbenchError("tiny model: hidden_size must divide by num_heads and num_heads by num_kv_heads")
+        if self.image_size % 32:
+            raise HallbenchError(f"tiny model: image_size must be a multiple of 32 (patch 16 x merge 2), got {self.image_size}")
+        if (self.hidden_size // self.num_heads) % 8:
+            raise HallbenchError("tiny model: head_dim (hidden_size / num_heads) must be a multiple of 8")
+
+
+def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str | None = None) -> Any:
+    """A word-level fast tokenizer over the shapes-world vocabulary with the family's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = [*special_tokens, UNK, *vocabulary()]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
+    backend.normalizer = normalizers.Lowercase()
+    # Same split as hallbench.data.shapes.split_words: words, and runs of punctuation.
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Joins words with spaces and removes the space before punctuation ("star ." -> "star.").
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    kwargs = {"bos_token": bos} if bos else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        pad_token=pad,
+        eos_token=eos,
+        additional_special_tokens=[t for t in special_tokens if t not in (pad, eos, bos)],
+        padding_side="left",
+        **kwargs,
+    )
+
+
+def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
+    """A random-init ``Qwen3VLForConditionalGeneration`` and its processor."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from hallbench.models.processors import Qwen3VLImageProcessorOnly
+
+    tokenizer = build_tokenizer(QWEN_SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
+    pixels = size.image_size * size.image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    processor = Qwen3VLImageProcessorOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    head_dim = size.hidden_size // size.num_heads
+    half = head_dim // 2  # multimodal RoPE splits the rotary half-dimension into (t, h, w) sections
+    mrope_section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.hidden_size,
+            "intermediate_size": size.intermediate_size,
+            "num_hidden_layers": size.num_layers,
+            "num_attention_heads": size.num_heads,
+            "num_key_value_heads": size.num_kv_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section, "mrope_interleaved": True},
+            "pad_token_id": tokenizer.pad_token_id,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": size.vision_layers,
+            "hidden_size": size.vision_hidden_size,
+            "intermediate_size": 2 * size.vision_hidden_size,
+            "num_heads": 2,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": size.hidden_size,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [0],
+        },
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        vision_start_token_id=processor.vision_start_token_id,
+        vision_end_token_id=processor.vision_end_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config)
+    _set_generation_ids(model, tokenizer)
+    return model.eval(), processor
+
+
+def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
+    """A random-init ``Mistral3ForConditionalGeneration`` (Ministral-3 text, Pixtral vision) and its processor."""
+    import torch
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    from hallbench.models.processors import PixtralImageProcessorOnly
+
+    tokenizer = build_tokenizer(MISTRAL_SPECIAL_TOKENS, pad="<pad>", eos="</s>", bos="<s>")
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": size.image_size}, patch_size={"height": 16, "width": 16},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    processor = PixtralImageProcessorOnly(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=16, spatial_merge_size=2, chat_template=MISTRAL_CHAT_TEMPLATE
+    )
+    head_dim = size.hidden_size // size.num_heads
+    config = Mistral3Config(
+        text_config={
+            "model_type": "ministral3",
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.hidden_size,
+            "intermediate_size": size.intermediate_size,
+            "num_hidden_layers": size.num_layers,
+            "num_attention_heads": size.num_heads,
+            "num_key_value_heads": size.num_kv_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": 1024,
+            # The full-size Ministral-3 uses YaRN with Llama-4 attention scaling; keep the same code path.
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 2.0,
+                "original_max_position_embeddings": 512,
+                "llama_4_scaling_beta": 0.1,
+            },  # fmt: skip
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": size.vision_hidden_size,
+            "intermediate_size": 2 * size.vision_hidden_size,
+            "num_hidden_layers": size.vision_layers,
+            "num_attention_heads": 2,
+            "head_dim": size.vision_hidden_size // 2,
+            "image_size": 512,
+            "patch_size": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        image_token_index=processor.image_token_id,
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Mistral3ForConditionalGeneration(config)
+    _set_generation_ids(model, tokenizer)
+    return model.eval(), processor
+
+
+def _set_generation_ids(model: Any, tokenizer: Any) -> None:
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.bos_token_id is not None:
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
+TINY_BUILDERS = {"tiny-qwen": build_tiny_qwen, "tiny-ministral": build_tiny_ministral}
+
+
+def build_tiny(name: str, size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
+    """Build ``tiny-qwen`` or ``tiny-ministral`` (model in eval mode, processor)."""
+    try:
+        builder = TINY_BUILDERS[name]
+    except KeyError:
+        raise HallbenchError(f"unknown tiny model '{name}'; known: {', '.join(TINY_BUILDERS)}") from None
+    return builder(size, seed)

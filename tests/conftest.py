@@ -1,0 +1,43 @@
+"""Shared fixtures: a small shapes world and the two tiny models, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never touch the network: any accidental hub access fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_MODELS = ("tiny-qwen", "tiny-ministral")
+
+
+@pytest.fixture(scope="session")
+def shapes_config():
+    from hallbench.data.shapes import ShapesConfig
+
+    return ShapesConfig(seed=0, n_train=40, n_val=20)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory, shapes_config):
+    from hallbench.data.shapes import generate_shapes
+
+    return generate_shapes(shapes_config, tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """name -> (model, processor), built once; tests must not modify them in place."""
+    from hallbench.models import build_tiny
+
+    return {name: build_tiny(name) for name in TINY_MODELS}
+
+
+@pytest.fixture(scope="session")
+def val_images(shapes_dir):
+    from hallbench.data.formats import load_image
+
+    return [load_image(p) for p in sorted((shapes_dir / "images").glob("shapes_val_*.png"))[:4]]
