@@ -12,6 +12,9 @@ from hallbench.models.families import Family, get_family
 from hallbench.models.registry import ResolvedModel, resolve_model
 from hallbench.models.tiny import TinySize, build_tiny
 
+RUN_CONFIG_FILE = "hallbench_config.json"
+"""A folder holding this file is a hallbench training run (model + evidence modules), not a plain checkpoint."""
+
 
 @dataclass
 class LoadedModel:
@@ -92,6 +95,13 @@ def load_model(
         assert resolved.spec is not None
         family = get_family(resolved.spec.family)
         model, processor = build_tiny(resolved.spec.name, tiny_size or TinySize(), seed)
+    elif (resolved.path / RUN_CONFIG_FILE).is_file():
+        # A hallbench training run: the training stage rebuilds the model with its evidence modules.
+        from hallbench.errors import NotBuiltError
+
+        raise NotBuiltError(
+            f"{resolved.path} is a hallbench training run; loading runs with their evidence modules arrives with the training stage"
+        )
     else:
         family = get_family(_read_config(resolved.path).get("model_type", "<missing model_type>"))
         processor = _load_processor(resolved.path, family)

@@ -1,0 +1,195 @@
+"""``hallbench eval``: one benchmark, one model, one output folder.
+
+The output folder is self-describing:
+
+    OUT/
+      config.json        resolved EvalConfig, backend description, package versions, git commit
+      predictions.jsonl  one record per sample: prompt, prediction, the benchmark's per-sample fields
+      summary.json       the benchmark's metrics (written last: its presence means the run finished)
+
+Re-running the same command resumes: samples already in ``predictions.jsonl`` are skipped. Re-using
+a folder with a different configuration (another model, decoding, split...) is an error, so that
+one folder never mixes answers from two settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from hallbench.errors import HallbenchError
+from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions
+from hallbench.provenance import provenance, write_json_atomic
+
+# name -> "module:class"; imported lazily so that the CLI starts instantly.
+BENCHMARKS: dict[str, str] = {
+    "pope": "hallbench.eval.pope:PopeBenchmark",
+    "chair": "hallbench.eval.chair:ChairBenchmark",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool | None
+    """``None`` for neutral quantities (yes-ratio, caption length)."""
+    description: str
+
+
+class Benchmark(Protocol):
+    """What every benchmark file provides (see ``pope.py``, ``chair.py``)."""
+
+    name: str
+    metrics: dict[str, MetricInfo]
+
+    def samples(self) -> list[Sample]: ...
+
+    def score(self, sample: Sample, answer: str) -> dict[str, Any]: ...
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines an evaluation run. Identity fields must match to resume into a folder."""
+
+    bench: str
+    """Benchmark name: one of ``BENCHMARKS``."""
+    out: Path
+    """Output folder (created; resumed if it holds a run with the same configuration)."""
+    data: Path | None = None
+    """POPE: a folder of split files or one question file. CHAIR: a shapes-world or COCO-style folder."""
+    images: Path | None = None
+    """Image folder; default: found from ``data`` when it is a hallbench-built folder."""
+    model: str = "tiny-qwen"
+    """hf backend: registry name, model folder, cached hub id, or training run folder."""
+    split: str = "all"
+    """POPE split: random, popular, adversarial, or all."""
+    parser: str = "hallbench"
+    """POPE answer parser: ``hallbench`` (explicit unknown class) or ``official`` (unparseable -> yes)."""
+    prompt: str | None = None
+    """CHAIR captioning prompt (default: "Please describe this image in detail.")."""
+    drop_incomplete: bool = False
+    """CHAIR: drop a trailing sentence cut off by max_new_tokens before scoring."""
+    instances: Path | None = None
+    """CHAIR: COCO instances file (default: from ``data``)."""
+    captions: Path | None = None
+    """CHAIR: COCO captions file whose objects also count as ground truth (default: from ``data``)."""
+    synonyms: Path | None = None
+    """CHAIR: synonym table (default: the shapes world's, or the packaged COCO table)."""
+    max_samples: int | None = None
+    """Evaluate only the first N samples (in the benchmark's order)."""
+    strict: bool = False
+    """Stop at the first sample that cannot be evaluated instead of recording it as an error."""
+    backend: str = "hf"
+    """``hf`` (transformers) or ``openai`` (an OpenAI-compatible endpoint)."""
+    base_url: str | None = None
+    """openai backend: endpoint URL, e.g. http://127.0.0.1:8000/v1 for a vLLM server."""
+    api_model: str | None = None
+    """openai backend: the model name the endpoint serves."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: the environment variable that holds the key (the key itself is never a flag)."""
+    device: str | None = None
+    """hf backend: cpu, cuda, cuda:1...; default: the rank's GPU if any, else CPU."""
+    dtype: str = "auto"
+    """hf backend: auto, float32, bfloat16 or float16."""
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """How answers are generated."""
+
+    # Fields that may change between a run and its resumption without changing any answer.
+    NON_IDENTITY = ("out", "strict", "device", "max_samples")
+
+    def __post_init__(self) -> None:
+        if self.bench not in BENCHMARKS:
+            raise HallbenchError(f"unknown --bench '{self.bench}'; choose one of {', '.join(BENCHMARKS)}")
+        if self.backend not in ("hf", "openai"):
+            raise HallbenchError(f"unknown --backend '{self.backend}'; choose hf or openai")
+        if self.backend == "openai" and not (self.base_url and self.api_model):
+            raise HallbenchError("--backend openai needs --base-url and --api-model")
+        if self.parser not in ("hallbench", "official"):
+            raise HallbenchError(f"unknown --parser '{self.parser}'; choose hallbench or official")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise HallbenchError("--max-samples must be >= 1")
+
+    def identity(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NON_IDENTITY}
+        values["decoding"] = asdict(self.decoding)
+        return json.loads(json.dumps(values, default=str))
+
+
+def load_benchmark(cfg: EvalConfig) -> Benchmark:
+    module_name, class_name = BENCHMARKS[cfg.bench].split(":")
+    return getattr(importlib.import_module(module_name), class_name)(cfg)
+
+
+def make_backend(cfg: EvalConfig) -> Any:
+    from hallbench.eval.engine import HFBackend, OpenAIBackend
+
+    if cfg.backend == "openai":
+        assert cfg.base_url and cfg.api_model
+        return OpenAIBackend(cfg.base_url, cfg.api_model, cfg.decoding, key_env=cfg.api_key_env)
+    device = cfg.device
+    if device is None:
+        import torch
+
+        from hallbench.eval.engine import DistInfo
+
+        device = f"cuda:{DistInfo.from_env().local_rank}" if torch.cuda.is_available() else "cpu"
+    return HFBackend(cfg.model, cfg.decoding, device=device, dtype=cfg.dtype)
+
+
+def _check_resume(out: Path, identity: dict[str, Any]) -> None:
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")).get("eval", {})
+    except json.JSONDecodeError:
+        raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
+    changed = [k for k in sorted(set(identity) | set(previous)) if identity.get(k) != previous.get(k)]
+    if changed:
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+        raise HallbenchError(f"{out} holds a run with a different configuration ({details}); choose another --out")
+
+
+def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:
+    """Run one evaluation (resuming if possible); return the summary that is also written to ``summary.json``."""
+    from hallbench.eval.engine import DistInfo
+
+    bench = load_benchmark(cfg)
+    samples = bench.samples()
+    if cfg.max_samples is not None:
+        samples = samples[: cfg.max_samples]
+    if not samples:
+        raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    identity = cfg.identity()
+    _check_resume(cfg.out, identity)
+    backend = backend if backend is not None else make_backend(cfg)
+    dist = DistInfo.from_env()
+    if dist.rank == 0:
+        write_json_atomic(
+            cfg.out / "config.json",
+            {"eval": identity, "backend": backend.describe(), "data": bench.describe(), "n_samples": len(samples), **provenance()},
+        )
+    records = generate_predictions(
+        samples, backend, cfg.decoding, cfg.out, bench.score, strict=cfg.strict, progress=progress, on_chunk=on_chunk
+    )
+    summary: dict[str, Any] = {
+        "bench": cfg.bench,
+        "model": backend.describe().get("display_name"),
+        "decoding": cfg.decoding.decoding,
+        "n_samples": len(samples),
+        "n_errors": sum(1 for r in records if r.get("error")),
+        "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")][:100],
+        "metrics_info": {m.name: {"higher_is_better": m.higher_is_better, "description": m.description} for m in bench.metrics.values()},
+        **bench.aggregate(records),
+    }
+    if dist.rank == 0:
+        write_json_atomic(cfg.out / "summary.json", summary)
+    return summary
