@@ -81,12 +81,6 @@ def train(ctx: typer.Context) -> None:
     _not_built("train", "the training-stage issue")
 
 
-@app.command(name="eval", context_settings=_PASSTHROUGH)
-def eval_(ctx: typer.Context) -> None:
-    """Evaluate a model on POPE, CHAIR or the VQA bench (LLM judge + BERTScore). (not built yet)"""
-    _not_built("eval", "the evaluation-stage issues")
-
-
 @app.command(context_settings=_PASSTHROUGH)
 def report(ctx: typer.Context) -> None:
     """Regenerate Table 2, the ablation tables and plots from run folders. (not built yet)"""
@@ -97,6 +91,95 @@ def report(ctx: typer.Context) -> None:
 def demo(ctx: typer.Context) -> None:
     """Run the whole study on the shapes world with tiny models, on a CPU, offline. (not built yet)"""
     _not_built("demo", "the demo issue")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@app.command(name="eval")
+def eval_(
+    bench: Annotated[str, typer.Option(help="Benchmark: pope or chair.")],
+    out: Annotated[Path, typer.Option(help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="POPE: a folder of split files (random/popular/adversarial) or one question file. CHAIR: a shapes-world or COCO folder."
+        ),
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Image folder (default: found from --data when hallbench built it).")] = None,
+    model: Annotated[str, typer.Option(help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")] = "tiny-qwen",
+    split: Annotated[str, typer.Option(help="POPE split: random, popular, adversarial or all.")] = "all",
+    parser: Annotated[
+        str, typer.Option(help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes).")
+    ] = "hallbench",
+    prompt: Annotated[str | None, typer.Option(help='CHAIR captioning prompt (default "Please describe this image in detail.").')] = None,
+    drop_incomplete: Annotated[bool, typer.Option(help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")] = False,
+    instances: Annotated[Path | None, typer.Option(help="CHAIR: COCO instances file (default: from --data).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="CHAIR: COCO captions file; its objects also count as ground truth.")] = None,
+    synonyms: Annotated[
+        Path | None, typer.Option(help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one).")
+    ] = None,
+    decoding: Annotated[str, typer.Option(help="greedy, sample or beam.")] = "greedy",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (--decoding sample).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass (--decoding sample).")] = 1.0,
+    num_beams: Annotated[int, typer.Option(help="Beams (--decoding beam).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the per-batch RNG (same seed, same sampled answers).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (per GPU).")] = 8,
+    max_samples: Annotated[int | None, typer.Option(help="Only the first N samples (quick checks).")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first sample that cannot be evaluated (default: record it as an error and go on).")
+    ] = False,
+    backend: Annotated[str, typer.Option(help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM).")] = "hf",
+    base_url: Annotated[str | None, typer.Option(help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_model: Annotated[str | None, typer.Option(help="openai backend: served model name.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")] = "OPENAI_API_KEY",
+    device: Annotated[str | None, typer.Option(help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any.")] = None,
+    dtype: Annotated[str, typer.Option(help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
+) -> None:
+    """Evaluate a model on POPE or CHAIR: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
+    from hallbench.eval.engine import DecodingConfig
+    from hallbench.eval.run import EvalConfig, run_eval
+
+    with user_errors():
+        cfg = EvalConfig(
+            bench=bench, out=out, data=data, images=images, model=model, split=split, parser=parser, prompt=prompt,
+            drop_incomplete=drop_incomplete, instances=instances, captions=captions, synonyms=synonyms,
+            max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
+            api_key_env=api_key_env, device=device, dtype=dtype,
+            decoding=DecodingConfig(
+                decoding=decoding, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                num_beams=num_beams, seed=seed, batch_size=batch_size,
+            ),
+        )  # fmt: skip
+        summary = run_eval(cfg)
+    print_summary(summary, out)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The headline numbers of an evaluation summary as a small table."""
+    from rich.table import Table
+
+    table = Table(title=f"{summary['bench']} - {summary.get('model')} ({summary.get('decoding')})")
+    rows = dict(summary.get("splits") or {"all": summary.get("metrics", {})})
+    for extra in ("mean", "pooled"):
+        if extra in summary:
+            rows[extra] = summary[extra]
+    names = [m for m in summary.get("metrics_info", {}) if any(m in r for r in rows.values())]
+    table.add_column("split")
+    for name in names:
+        table.add_column(name, justify="right")
+    for split_name, metrics in rows.items():
+        table.add_row(split_name, *(_fmt(metrics.get(n)) for n in names))
+    console.print(table)
+    if summary.get("n_errors"):
+        console.print(f"[yellow]{summary['n_errors']} sample(s) could not be evaluated[/]; see errors in summary.json")
+    console.print(f"predictions and summary in [bold]{escape(str(out))}[/]")
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +218,32 @@ def data_shapes(
     console.print(
         f"wrote the shapes world ({cfg.n_train} train + {cfg.n_val} val images, seed {cfg.seed}) "
         f"to [bold]{escape(str(out))}[/] in {time.perf_counter() - start:.1f} s"
+    )
+
+
+@data_app.command("pope")
+def data_pope(
+    instances: Annotated[Path, typer.Option(help="COCO-format instances file (e.g. instances_val2014.json, or a shapes world's).")],
+    images: Annotated[Path, typer.Option(help="Folder of the images it describes (recorded, so that eval finds them).")],
+    out: Annotated[Path, typer.Option(help="Folder for random.jsonl, popular.jsonl, adversarial.jsonl, image_ids.json, pope_build.json.")],
+    n_images: Annotated[
+        int | None, typer.Option(help="Images to sample among the eligible ones (POPE: 500); omit with --all-images.")
+    ] = 500,
+    all_images: Annotated[bool, typer.Option(help="Use every eligible image instead of --n-images.")] = False,
+    per_image: Annotated[int, typer.Option(help="Yes questions per image (as many no questions are added).")] = 3,
+    min_objects: Annotated[int | None, typer.Option(help="Fewest object categories for an eligible image (default: --per-image).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice; same input and seed give byte-identical files.")] = 0,
+) -> None:
+    """Build POPE random/popular/adversarial question files from a COCO instances file, as in the POPE paper."""
+    from hallbench.data.pope_build import PopeBuildConfig, build_pope
+
+    with user_errors():
+        cfg = PopeBuildConfig(n_images=None if all_images else n_images, per_image=per_image, seed=seed, min_objects=min_objects)
+        manifest = build_pope(instances, out, cfg, images_dir=images)
+    stats = manifest["stats"]
+    console.print(
+        f"wrote POPE splits for {stats['n_images']} of {stats['n_eligible']} eligible images "
+        f"({stats['random']['n_questions']} questions per split) to [bold]{escape(str(out))}[/]"
     )
 
 

@@ -1,0 +1,414 @@
+"""POPE scoring: answer parsing, metrics per split, and the join of predictions to labels.
+
+Pure Python, no model: the generation engine produces answer texts; this module turns them into
+``yes``/``no``/``unknown`` (:func:`parse_answer`), scores them against the labels
+(:func:`pope_metrics`) and aggregates a run over the random/popular/adversarial splits
+(:func:`aggregate_pope`). The positive class is always ``yes``.
+
+Two parsing rules exist. ``hallbench`` (the default) is strict about what counts as an answer and
+reports ``unknown`` when the first sentence says neither yes nor no. ``official`` reproduces the
+POPE repository's ``evaluate.py`` word for word, for numbers comparable with published tables: it
+never says ``unknown`` (anything without a negation word counts as ``yes``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hallbench.errors import HallbenchError, shorten
+
+SPLIT_ORDER: tuple[str, ...] = ("random", "popular", "adversarial")
+RULES: tuple[str, ...] = ("hallbench", "official")
+PREDICTIONS: tuple[str, ...] = ("yes", "no", "unknown")
+
+# metric -> (higher is better: True / False / None for neutral, one-line description)
+POPE_METRICS: dict[str, tuple[bool | None, str]] = {
+    "accuracy": (True, "share of questions answered correctly; an 'unknown' answer is wrong"),
+    "precision": (True, "of the questions answered 'yes', the share whose label is 'yes' (0.0 when none answered 'yes')"),
+    "recall": (True, "of the questions labelled 'yes', the share answered 'yes' (0.0 when no label is 'yes')"),
+    "f1": (True, "harmonic mean of precision and recall, for the class 'yes' (0.0 when both are 0)"),
+    "yes_ratio": (None, "share of predictions that are 'yes'; neutral: closest to the labels' yes share (0.5 in POPE) is ideal"),
+    "unknown_rate": (False, "share of answers that the parsing rule could not read as yes or no"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+# Negation words of the hallbench rule, matched as whole words after lower-casing. "nope" and
+# "cannot" are additions to the four asked-for words: both are unambiguous refusals of the object.
+NEGATION_WORDS = frozenset({"no", "not", "none", "never", "nope", "cannot"})
+# Words: runs of letters/digits, with inner apostrophes kept ("isn't" is one word, "n't" is its end).
+_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_SENTENCE_END_RE = re.compile(r"[.!?\r\n]")
+_LEADING_JUNK_RE = re.compile(r"^[\W_]+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD_RE.findall(text.lower())
+
+
+def parse_answer(text: str, rule: str = "hallbench") -> str:
+    """Read a model's answer to "Is there a X in the image?" as ``"yes"``, ``"no"`` or ``"unknown"``.
+
+    ``hallbench`` rule, step by step:
+
+    1. Curly apostrophes (U+2019, U+2018) become ``'``.
+    2. Leading whitespace and punctuation are stripped (``"**Yes**"``, ``"\\n\\nNo."``, ``"- yes"``).
+    3. The first sentence is kept: the text up to the first ``.``, ``!``, ``?`` or line break
+       (``"Yes\\nNo"`` -> ``"Yes"``).
+    4. It is lower-cased and split into words (letters/digits, inner apostrophes kept), so matching
+       is on whole words: ``"yesterday"`` is not ``yes``, ``"nothing"``/``"unknown"`` are not ``no``.
+    5. If the first word is ``yes``, the answer is ``"yes"``: a leading yes is the model's answer and
+       what follows qualifies it (``"Yes, but not a cat."`` -> ``"yes"``; the official rule says
+       ``"no"`` there because it sees "not").
+    6. Otherwise, if any word is a negation, the answer is ``"no"``. Negations: ``no``, ``not``,
+       ``none``, ``never``, ``nope``, ``cannot``, and any word ending in ``n't`` (``isn't``,
+       ``don't``, ``can't``, ``aren't``, ...). ``"There is no dog."``, ``"I don't see a dog."``,
+       ``"Not really."``, ``"Nope"`` -> ``"no"``. Contractions without the apostrophe (``"isnt"``)
+       are not recognised.
+    7. Otherwise, if any word is ``yes``, the answer is ``"yes"`` (``"I think yes."``).
+    8. Otherwise ``"unknown"``: empty or blank text, ``"The image shows a dog."``, ``"Unknown"``.
+
+    ``official`` rule: the POPE repository's ``evaluate.py`` exactly. If the text contains ``.``,
+    keep what precedes the first one; remove every ``,``; split on single spaces (``str.split(' ')``);
+    the answer is ``"no"`` if a word equals ``"No"``, ``"not"`` or ``"no"``, else ``"yes"``. Hence it
+    never returns ``"unknown"`` (empty or unreadable text counts as ``"yes"``), it is case-sensitive
+    (``"NO"``, ``"Not really"`` -> ``"yes"``), it ignores ``n't`` and ``none``/``never``
+    (``"There isn't a dog."`` -> ``"yes"``), it does not split on line breaks (``"No\\nthere is"``
+    -> ``"yes"``: the word is ``"No\\nthere"``), and punctuation other than ``,`` and ``.`` sticks to
+    words (``"No!"`` -> ``"yes"``).
+
+    Raises:
+        HallbenchError: ``rule`` is not ``"hallbench"`` or ``"official"``.
+        TypeError: ``text`` is not a string.
+    """
+    if rule not in RULES:
+        raise HallbenchError(f"unknown POPE parsing rule {rule!r}: expected one of {', '.join(RULES)}")
+    if not isinstance(text, str):
+        raise TypeError(f"parse_answer expects the answer text as a str, got {type(text).__name__} {shorten(text)}")
+    if rule == "official":
+        return _parse_official(text)
+    text = text.replace("\u2019", "'").replace("\u2018", "'")
+    text = _LEADING_JUNK_RE.sub("", text)
+    first_sentence = _SENTENCE_END_RE.split(text, maxsplit=1)[0]
+    words = _words(first_sentence)
+    if words and words[0] == "yes":
+        return "yes"
+    if any(w in NEGATION_WORDS or w.endswith("n't") for w in words):
+        return "no"
+    if "yes" in words:
+        return "yes"
+    return "unknown"
+
+
+def _parse_official(text: str) -> str:
+    # Line for line the POPE repository's evaluate.py; do not "fix" anything here.
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    text = text.replace(",", "")
+    words = text.split(" ")
+    if "No" in words or "not" in words or "no" in words:
+        return "no"
+    return "yes"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    # Every POPE ratio goes through here: an empty denominator gives 0.0 (sklearn's zero_division=0).
+    return numerator / denominator if denominator else 0.0
+
+
+def pope_metrics(labels: list[str], predictions: list[str]) -> dict:
+    """POPE metrics for aligned ``labels`` (``yes``/``no``) and ``predictions`` (``yes``/``no``/``unknown``).
+
+    Returns ``accuracy``, ``precision``, ``recall``, ``f1``, ``yes_ratio``, ``unknown_rate``,
+    ``label_yes_ratio``, ``n`` and the counts ``tp``, ``fp``, ``tn``, ``fn``, ``n_unknown`` (the
+    positive class is ``yes``; ``tp + fp + tn + fn + n_unknown == n``):
+
+    - accuracy = (tp + tn) / n: an ``unknown`` answer is wrong whatever the label;
+    - precision = tp / (tp + fp), over the answers that are ``yes``;
+    - recall = tp / (number of ``yes`` labels) = tp / (tp + fn + unknowns on ``yes`` labels): an
+      ``unknown`` on a ``yes`` question is a missed positive, not an ignored one;
+    - f1 = 2 * precision * recall / (precision + recall);
+    - yes_ratio = (tp + fp) / n, the share of **predictions** that are ``yes``: the model's bias to
+      say yes, as in the official ``evaluate.py``. lmms-eval's ``pope_aggregate_yes_ratio`` counts
+      the ground-truth labels instead, which is a bug (it always prints 0.5 on POPE). The labels'
+      share is reported separately as ``label_yes_ratio``;
+    - unknown_rate = n_unknown / n.
+
+    Division guards: every ratio with a zero denominator is 0.0 (precision when nothing was answered
+    ``yes``, recall when no label is ``yes``, f1 when precision + recall is 0, everything when the
+    input is empty); ``n`` tells an empty input apart.
+
+    Raises:
+        HallbenchError: the lists differ in length, or an entry is not one of the allowed words
+            (naming its index and value). Words must already be lower-case.
+    """
+    if len(labels) != len(predictions):
+        raise HallbenchError(
+            f"POPE metrics: expected as many predictions as labels, found {len(predictions)} predictions for {len(labels)} labels"
+        )
+    for i, label in enumerate(labels):
+        if label not in ("yes", "no"):
+            raise HallbenchError(f"POPE metrics: labels[{i}]: expected 'yes' or 'no', found {shorten(label)}")
+    for i, prediction in enumerate(predictions):
+        if prediction not in PREDICTIONS:
+            raise HallbenchError(f"POPE metrics: predictions[{i}]: expected 'yes', 'no' or 'unknown', found {shorten(prediction)}")
+    pairs = list(zip(labels, predictions, strict=True))
+    tp = sum(lab == "yes" and pred == "yes" for lab, pred in pairs)
+    fp = sum(lab == "no" and pred == "yes" for lab, pred in pairs)
+    tn = sum(lab == "no" and pred == "no" for lab, pred in pairs)
+    fn = sum(lab == "yes" and pred == "no" for lab, pred in pairs)
+    n_unknown = sum(pred == "unknown" for pred in predictions)
+    n = len(labels)
+    n_label_yes = sum(lab == "yes" for lab in labels)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, n_label_yes)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": _ratio(tp + tn, n),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": _ratio(tp + fp, n),
+        "unknown_rate": _ratio(n_unknown, n),
+        "label_yes_ratio": _ratio(n_label_yes, n),
+        "n": n,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n_unknown": n_unknown,
+    }
+
+
+def _is_error(record: Mapping) -> bool:
+    # A sample "could not be evaluated" when its error field holds something (a message, True).
+    return record.get("error") not in (None, "", False)
+
+
+def aggregate_pope(records: list[dict]) -> dict:
+    """Metrics of a POPE run: per split, their unweighted mean, and pooled over all records.
+
+    Each record is ``{"question_id", "split", "label", "parsed", ...}`` with ``label`` in
+    ``yes``/``no`` and ``parsed`` in ``yes``/``no``/``unknown``. A record whose ``error`` field is
+    set (not missing, ``None``, ``""`` or ``False``) is a sample that could not be evaluated (the
+    image failed to load, generation crashed): it is counted in ``n_errors`` and left out of every
+    metric, so errors are visible but never scored as wrong answers; its ``parsed`` is not read.
+
+    Returns::
+
+        {"splits": {split: {<pope_metrics keys>, "n_errors": int}},   # random, popular, adversarial first
+         "mean": {metric: float for metric in POPE_METRICS},          # unweighted over mean_over
+         "mean_over": [split, ...],                                   # splits with at least one scored record
+         "pooled": {<pope_metrics keys>, "n_errors": int},            # all scored records together
+         "n_errors": int}
+
+    A split whose records are all errors is reported (with ``n == 0``) but left out of the mean,
+    whose guard zeros would otherwise pull it down; with no scored split at all the mean is all 0.0.
+
+    Raises:
+        HallbenchError: a record is not a dict, misses a field, has a label or parsed answer outside
+            the allowed words, or repeats a (split, question_id); the message names the record's index
+            and question_id.
+    """
+    by_split: dict[str, list[Mapping]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise HallbenchError(f"POPE records[{i}]: expected a dict, found {shorten(record)}")
+        needed = ("question_id", "split", "label") if _is_error(record) else ("question_id", "split", "label", "parsed")
+        missing = [key for key in needed if key not in record]
+        if missing:
+            raise HallbenchError(f"POPE records[{i}]: expected fields {list(needed)}, found {sorted(record)} (missing {missing})")
+        if record["label"] not in ("yes", "no"):
+            raise HallbenchError(
+                f"POPE records[{i}] (question_id {record['question_id']!r}).label: expected 'yes' or 'no', found {shorten(record['label'])}"
+            )
+        if not _is_error(record) and record["parsed"] not in PREDICTIONS:
+            raise HallbenchError(
+                f"POPE records[{i}] (question_id {record['question_id']!r}).parsed: expected 'yes', 'no' or 'unknown', found {shorten(record['parsed'])}"
+            )
+        key = (str(record["split"]), str(record["question_id"]))
+        if key in seen:
+            raise HallbenchError(
+                f"POPE records[{i}]: expected one record per (split, question_id), found split {key[0]!r} question_id {key[1]!r} again "
+                f"(first at records[{seen[key]}])"
+            )
+        seen[key] = i
+        by_split.setdefault(key[0], []).append(record)
+
+    order = [s for s in SPLIT_ORDER if s in by_split] + sorted(s for s in by_split if s not in SPLIT_ORDER)
+    splits = {split: _score(by_split[split]) for split in order}
+    mean_over = [split for split in order if splits[split]["n"] > 0]
+    mean = {metric: _ratio_f(sum(splits[s][metric] for s in mean_over), len(mean_over)) for metric in POPE_METRICS}
+    pooled = _score([r for split in order for r in by_split[split]])
+    return {"splits": splits, "mean": mean, "mean_over": mean_over, "pooled": pooled, "n_errors": pooled["n_errors"]}
+
+
+def _ratio_f(total: float, count: int) -> float:
+    return total / count if count else 0.0
+
+
+def _score(records: Sequence[Mapping]) -> dict:
+    scored = [r for r in records if not _is_error(r)]
+    metrics = pope_metrics([r["label"] for r in scored], [r["parsed"] for r in scored])
+    metrics["n_errors"] = len(records) - len(scored)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining predictions to labels
+
+
+@dataclass
+class PopeJoin:
+    """Predictions matched to their questions by ``question_id``."""
+
+    pairs: list[tuple[Any, Mapping]]
+    """``(question, prediction)`` in the order of the questions."""
+    missing: list[str]
+    """Question ids (as strings) with no prediction, in the order of the questions."""
+
+
+def join_by_question_id(
+    questions: Sequence[Any],
+    predictions: Sequence[Mapping],
+    *,
+    labels_name: str = "the label file",
+    predictions_name: str = "the predictions",
+) -> PopeJoin:
+    """Match each prediction to its question by ``question_id``; report questions with no prediction.
+
+    ``questions`` are :class:`hallbench.data.formats.PopeQuestion` objects or dicts with a
+    ``question_id``; ``predictions`` are dicts with a ``question_id``. Ids are compared as strings,
+    so ``17`` in an answers file matches ``"17"`` from :func:`read_pope_questions`. Missing
+    predictions are not an error here (a partial run is legitimate); the caller decides what to do
+    with ``missing``. ``labels_name`` and ``predictions_name`` (file paths, usually) name the two
+    sides in error messages.
+
+    Raises:
+        HallbenchError: a question or prediction has no ``question_id``; a question id is repeated;
+            a prediction id is repeated; or a prediction's id is not among the questions.
+    """
+    by_id: dict[str, Any] = {}
+    for i, question in enumerate(questions):
+        qid = question.get("question_id") if isinstance(question, Mapping) else getattr(question, "question_id", None)
+        if qid is None:
+            raise HallbenchError(f"{labels_name}, question {i + 1}: expected a 'question_id', found {shorten(question)}")
+        qid = str(qid)
+        if qid in by_id:
+            raise HallbenchError(f"{labels_name}, question {i + 1}: expected a unique question_id, found '{qid}' again")
+        by_id[qid] = question
+    matched: dict[str, tuple[int, Mapping]] = {}
+    for i, prediction in enumerate(predictions):
+        if not isinstance(prediction, Mapping) or "question_id" not in prediction:
+            raise HallbenchError(
+                f"{predictions_name}, prediction {i + 1}: expected an object with a 'question_id', found {shorten(prediction)}"
+            )
+        qid = str(prediction["question_id"])
+        if qid not in by_id:
+            raise HallbenchError(
+                f"{predictions_name}, prediction {i + 1}: expected a question_id from {labels_name}, found '{qid}', which is not there"
+            )
+        if qid in matched:
+            raise HallbenchError(
+                f"{predictions_name}, prediction {i + 1}: expected one prediction per question_id, found '{qid}' again "
+                f"(first at prediction {matched[qid][0] + 1})"
+            )
+        matched[qid] = (i, prediction)
+    pairs = [(question, matched[qid][1]) for qid, question in by_id.items() if qid in matched]
+    missing = [qid for qid in by_id if qid not in matched]
+    return PopeJoin(pairs=pairs, missing=missing)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark (generation engine interface)
+
+SPLIT_FILE_NAMES = ("{split}.jsonl", "coco_pope_{split}.json", "coco_pope_{split}.jsonl", "{split}.json")
+
+
+class PopeBenchmark:
+    """``hallbench eval --bench pope``: one sample per question, sample id ``<split>/<question_id>``.
+
+    ``--data`` is a folder holding one file per split (``random.jsonl`` as written by
+    ``hallbench data pope``, or the official ``coco_pope_random.json``...), or a single question
+    file (its split is taken from ``--split``, else from its name). Labels travel with each sample,
+    so predictions are joined to labels by question id by construction, never by file order.
+    """
+
+    name = "pope"
+
+    def __init__(self, cfg: Any):
+        from hallbench.eval.run import MetricInfo
+
+        self.cfg = cfg
+        self.metrics = {name: MetricInfo(name, hib, desc) for name, (hib, desc) in POPE_METRICS.items()}
+        if cfg.data is None:
+            raise HallbenchError("--bench pope needs --data: a folder of split files (hallbench data pope) or one POPE question file")
+        if cfg.split not in ("all", *SPLIT_ORDER):
+            raise HallbenchError(f"unknown --split '{cfg.split}'; choose one of all, {', '.join(SPLIT_ORDER)}")
+        data = Path(cfg.data)
+        self.files = self._split_files(data)
+        self.images = Path(cfg.images) if cfg.images is not None else self._images_from_manifest(data)
+
+    def _split_files(self, data: Path) -> dict[str, Path]:
+        if data.is_file():
+            split = self.cfg.split if self.cfg.split != "all" else next((s for s in SPLIT_ORDER if s in data.name), data.stem)
+            return {split: data}
+        if not data.is_dir():
+            raise HallbenchError(f"--data {data} does not exist")
+        wanted = SPLIT_ORDER if self.cfg.split == "all" else (self.cfg.split,)
+        files = {}
+        for split in wanted:
+            candidates = [data / pattern.format(split=split) for pattern in SPLIT_FILE_NAMES]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise HallbenchError(f"no {split} split in {data}: tried {', '.join(c.name for c in candidates)}")
+            files[split] = found
+        return files
+
+    @staticmethod
+    def _images_from_manifest(data: Path) -> Path:
+        manifest = (data if data.is_dir() else data.parent) / "pope_build.json"
+        if manifest.is_file():
+            images = json.loads(manifest.read_text(encoding="utf-8")).get("images")
+            if images:
+                return Path(images)
+        raise HallbenchError(f"--bench pope needs --images (the folder of the images the questions name); {manifest} does not record one")
+
+    def samples(self) -> list[Any]:
+        from hallbench.data.formats import read_pope_questions
+        from hallbench.eval.engine import Sample
+
+        samples = []
+        for split, path in self.files.items():
+            for q in read_pope_questions(path):
+                meta = {"question_id": q.question_id, "split": split, "label": q.label, "question": q.text}
+                samples.append(Sample(f"{split}/{q.question_id}", [self.images / q.image], q.text, meta))
+        return samples
+
+    def score(self, sample: Any, answer: str) -> dict[str, Any]:
+        return {"parsed": parse_answer(answer, self.cfg.parser)}
+
+    def aggregate(self, records: list[dict]) -> dict[str, Any]:
+        result = aggregate_pope(records)
+        result["parser"] = self.cfg.parser
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        import hashlib
+
+        return {
+            "splits": {s: {"file": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for s, p in self.files.items()},
+            "images": str(self.images),
+            "parser": self.cfg.parser,
+        }

@@ -1,0 +1,194 @@
+"""``hallbench eval`` end to end: POPE (and CHAIR) through the engine, run folders, resume rules, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from hallbench.cli import app
+from hallbench.data.pope_build import PopeBuildConfig, build_pope
+from hallbench.errors import HallbenchError
+from hallbench.eval.engine import DecodingConfig
+from hallbench.eval.run import EvalConfig, run_eval
+
+runner = CliRunner()
+
+
+class ScriptedBackend:
+    """A backend that answers from a rule instead of a network: the engine, scoring and files are real."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = 0
+
+    def describe(self):
+        return {"backend": "scripted", "display_name": "Scripted"}
+
+    def generate(self, samples, images, chunk_seed):
+        self.calls += len(samples)
+        return [self.answer(s) for s in samples]
+
+
+@pytest.fixture(scope="module")
+def pope_dir(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pope")
+    build_pope(
+        shapes_dir / "annotations" / "instances_val.json", out, PopeBuildConfig(n_images=5, per_image=2), images_dir=shapes_dir / "images"
+    )
+    return out
+
+
+def _oracle(sample):
+    return "Yes, there is." if sample.meta["label"] == "yes" else "No, there is not."
+
+
+def test_pope_run_writes_a_self_describing_folder(tmp_path, pope_dir, shapes_dir):
+    cfg = EvalConfig(bench="pope", data=pope_dir, out=tmp_path / "run")
+    summary = run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
+    # 5 images x 2 yes + 2 no = 20 questions per split
+    assert {s: m["n"] for s, m in summary["splits"].items()} == {"random": 20, "popular": 20, "adversarial": 20}
+    assert summary["pooled"]["accuracy"] == 1.0 and summary["mean"]["f1"] == 1.0 and summary["n_errors"] == 0
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert files == {"config.json", "predictions.jsonl", "summary.json"}
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["eval"]["bench"] == "pope" and config["eval"]["decoding"]["decoding"] == "greedy"
+    assert config["versions"]["transformers"] and "git_commit" in config
+    assert config["data"]["images"] == str(shapes_dir / "images")  # recorded by `hallbench data pope`
+    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert records[0]["id"] == "random/1" and records[0]["parsed"] == records[0]["label"]
+
+
+def test_pope_always_yes_has_yes_ratio_one_from_predictions(tmp_path, pope_dir):
+    summary = run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path), backend=ScriptedBackend(lambda s: "Yes"), progress=False)
+    random_split = summary["splits"]["random"]
+    assert (random_split["accuracy"], random_split["precision"], random_split["recall"], random_split["yes_ratio"]) == (0.5, 0.5, 1.0, 1.0)
+    assert random_split["f1"] == pytest.approx(2 / 3)
+
+
+def test_pope_unparseable_answers_differ_between_parsers(tmp_path, pope_dir):
+    answer = ScriptedBackend(lambda s: "Maybe.")
+    ours = run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path / "a", split="random"), backend=answer, progress=False)
+    assert list(ours["splits"]) == ["random"]
+    assert ours["pooled"]["unknown_rate"] == 1.0 and ours["pooled"]["accuracy"] == 0.0
+    official = run_eval(
+        EvalConfig(bench="pope", data=pope_dir, out=tmp_path / "b", split="random", parser="official"),
+        backend=ScriptedBackend(lambda s: "I see."),
+        progress=False,
+    )
+    assert official["pooled"]["yes_ratio"] == 1.0  # the official rule counts anything without a negation as yes
+
+
+def test_rerun_resumes_without_generating_again(tmp_path, pope_dir):
+    cfg = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="popular")
+    first = run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
+    again = ScriptedBackend(_oracle)
+    second = run_eval(cfg, backend=again, progress=False)
+    assert again.calls == 0
+    assert first["pooled"] == second["pooled"]
+
+
+def test_a_folder_with_another_configuration_is_refused(tmp_path, pope_dir):
+    run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False)
+    changed = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random", decoding=DecodingConfig(max_new_tokens=8))
+    with pytest.raises(
+        HallbenchError, match=r"holds a run with a different configuration \(decoding: .*'max_new_tokens': 64.*'max_new_tokens': 8"
+    ):
+        run_eval(changed, backend=ScriptedBackend(_oracle), progress=False)
+
+
+def test_missing_images_are_recorded_and_counted(tmp_path, pope_dir, shapes_dir):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, path in enumerate(sorted((shapes_dir / "images").glob("shapes_val_*.png"))):
+        if i % 2 == 0:
+            (images / path.name).write_bytes(path.read_bytes())
+    summary = run_eval(
+        EvalConfig(bench="pope", data=pope_dir, images=images, out=tmp_path / "run"), backend=ScriptedBackend(_oracle), progress=False
+    )
+    assert 0 < summary["n_errors"] < 60
+    assert summary["pooled"]["n"] + summary["n_errors"] == 60
+    assert summary["errors"][0]["error"].startswith("image not found:")
+    with pytest.raises(HallbenchError, match="image not found"):
+        run_eval(
+            EvalConfig(bench="pope", data=pope_dir, images=images, out=tmp_path / "strict", strict=True),
+            backend=ScriptedBackend(_oracle),
+            progress=False,
+        )
+
+
+def test_pope_data_errors(tmp_path, pope_dir):
+    (tmp_path / "random.jsonl").write_text((pope_dir / "random.jsonl").read_text())
+    with pytest.raises(HallbenchError, match=r"no popular split in .*: tried popular.jsonl, coco_pope_popular.json"):
+        run_eval(
+            EvalConfig(bench="pope", data=tmp_path, images=tmp_path, out=tmp_path / "o"), backend=ScriptedBackend(_oracle), progress=False
+        )
+    with pytest.raises(HallbenchError, match="needs --images"):
+        run_eval(
+            EvalConfig(bench="pope", data=tmp_path / "random.jsonl", out=tmp_path / "o"), backend=ScriptedBackend(_oracle), progress=False
+        )
+    with pytest.raises(HallbenchError, match="unknown --bench 'mme'"):
+        EvalConfig(bench="mme", out=tmp_path)
+
+
+def test_cli_pope_with_the_tiny_model(tmp_path, shapes_dir):
+    pope = tmp_path / "pope"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "pope",
+            "--instances",
+            str(shapes_dir / "annotations/instances_val.json"),
+            "--images",
+            str(shapes_dir / "images"),
+            "--out",
+            str(pope),
+            "--n-images",
+            "2",
+            "--per-image",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--bench",
+        "pope",
+        "--model",
+        "tiny-qwen",
+        "--data",
+        str(pope),
+        "--split",
+        "all",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["splits"]) == {"random", "popular", "adversarial"} and summary["pooled"]["n"] == 12
+    assert re.search(r"pooled", result.output)
+
+
+def test_cli_data_pope_reports_too_few_images(tmp_path, shapes_dir):
+    args = [
+        "data",
+        "pope",
+        "--instances",
+        str(shapes_dir / "annotations/instances_val.json"),
+        "--images",
+        str(shapes_dir / "images"),
+        "--out",
+        str(tmp_path),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "expected at least 500 eligible images" in " ".join(result.output.split())
