@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Caches (CHAIR ground truth) go to a fresh folder, never the user's ~/.cache.
+os.environ["HALLBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="hallbench-test-cache-")
 
 TINY_MODELS = ("tiny-qwen", "tiny-ministral")
 

@@ -192,3 +192,47 @@ def test_cli_data_pope_reports_too_few_images(tmp_path, shapes_dir):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "expected at least 500 eligible images" in " ".join(result.output.split())
+
+
+def test_chair_run_scores_captions_against_the_shapes_ground_truth(tmp_path, shapes_dir):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(shapes_dir / "annotations" / "instances_val.json"))
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    truth = {i: sorted({names[a["category_id"]] for a in coco.loadAnns(coco.getAnnIds(imgIds=i))}) for i in coco.getImgIds()}
+
+    def describe(sample):  # every true object, plus one "heart" that is hallucinated unless present
+        objects = truth[sample.meta["image_id"]]
+        return "There is " + " and ".join(f"a {o}" for o in objects) + " and a heart. And a blue"
+
+    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path, drop_incomplete=True)
+    summary = run_eval(cfg, backend=ScriptedBackend(describe), progress=False)
+    metrics = summary["metrics"]
+    without_heart = [i for i, objs in truth.items() if "heart" not in objs]
+    assert metrics["n"] == 20
+    assert metrics["chair_s"] == pytest.approx(len(without_heart) / 20)
+    mentions = sum(len(objs) + 1 for objs in truth.values())  # a repeated "heart" counts twice, as in the original CHAIR
+    assert metrics["chair_i"] == pytest.approx(len(without_heart) / mentions)
+    assert metrics["recall"] == 1.0
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["scored_caption"].endswith("heart.") for r in records)  # the cut-off "And a blue" was dropped
+    first = records[0]
+    assert first["ground_truth"] == truth[first["image_id"]]
+    assert sorted(first["mentioned_objects"]) == sorted(set(truth[first["image_id"]]) | {"heart"})
+
+
+def test_cli_chair_with_the_tiny_model(tmp_path, shapes_dir):
+    out = tmp_path / "chair"
+    args = ["eval", "--bench", "chair", "--model", "tiny-ministral", "--data", str(shapes_dir), "--out", str(out)]
+    result = runner.invoke(
+        app, [*args, "--max-new-tokens", "5", "--max-samples", "4", "--device", "cpu", "--decoding", "beam", "--num-beams", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["n"] == 4 and summary["decoding"] == "beam"
+    assert set(summary["metrics"]) >= {"chair_s", "chair_i", "recall", "len"}
+
+
+def test_chair_needs_its_files(tmp_path):
+    with pytest.raises(HallbenchError, match=r"--bench chair needs instances_val.json"):
+        run_eval(EvalConfig(bench="chair", data=tmp_path, out=tmp_path / "o"), backend=ScriptedBackend(lambda s: ""), progress=False)
