@@ -60,7 +60,9 @@ def main() -> None:
         out = work / f"engine_b{batch_size}"
         out.mkdir()
         start = time.perf_counter()
-        records = generate_predictions(samples, HFBackend(args.model, decoding, loaded=loaded), decoding, out, lambda s, a: {}, progress=False)
+        records = generate_predictions(
+            samples, HFBackend(args.model, decoding, loaded=loaded), decoding, out, lambda s, a: {}, progress=False
+        )
         rate = args.n / (time.perf_counter() - start)
         same = [r["prediction"] for r in records] == baseline
         results["engine"][str(batch_size)] = {"samples_per_s": rate, "speedup": rate / baseline_rate, "same_outputs": same}
@@ -72,7 +74,12 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         target="engine batch 16 >= 3x the per-sample loop",
         target_met=results["engine"]["16"]["speedup"] >= 3.0,
-        machine={"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+        machine={
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
