@@ -7,6 +7,7 @@ User errors (``HallbenchError``) are printed as one red line without a traceback
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,7 +155,8 @@ def eval_(
             ),
         )  # fmt: skip
         summary = run_eval(cfg)
-    print_summary(summary, out)
+    if os.environ.get("RANK", "0") == "0":
+        print_summary(summary, out)
 
 
 def print_summary(summary: dict, out: Path) -> None:

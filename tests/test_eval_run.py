@@ -236,3 +236,43 @@ def test_cli_chair_with_the_tiny_model(tmp_path, shapes_dir):
 def test_chair_needs_its_files(tmp_path):
     with pytest.raises(HallbenchError, match=r"--bench chair needs instances_val.json"):
         run_eval(EvalConfig(bench="chair", data=tmp_path, out=tmp_path / "o"), backend=ScriptedBackend(lambda s: ""), progress=False)
+
+
+def test_two_ranks_with_torchrun_merge_to_the_single_process_result(tmp_path, shapes_dir):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pope = tmp_path / "pope"
+    build_pope(
+        shapes_dir / "annotations/instances_val.json", pope, PopeBuildConfig(n_images=4, per_image=2), images_dir=shapes_dir / "images"
+    )
+    common = [
+        "eval",
+        "--bench",
+        "pope",
+        "--data",
+        str(pope),
+        "--split",
+        "random",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launch = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "hallbench"]
+    proc = subprocess.run([*launch, *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert runner.invoke(app, [*common, "--out", str(tmp_path / "one")]).exit_code == 0
+    two = (tmp_path / "two" / "predictions.jsonl").read_text()
+    assert two == (tmp_path / "one" / "predictions.jsonl").read_text()
+    ranks = [len((tmp_path / "two" / f"predictions.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert ranks == [9, 7]  # 16 questions in batches of 3: rank 0 has batches 0, 2, 4 (3+3+3), rank 1 has 1, 3, 5 (3+3+1)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["pooled"]["n"] == 16

@@ -213,9 +213,10 @@ def read_predictions(path: Path) -> list[dict]:
     return records
 
 
-def _rewrite_without_torn_line(path: Path, records: list[dict]) -> None:
+def _write_records(path: Path, records: list[dict]) -> None:
+    """Make ``path`` hold exactly ``records`` (atomically; untouched when it already does)."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if path.is_file() and path.read_text(encoding="utf-8") != text:
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -232,7 +233,11 @@ class DistInfo:
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+_OWN_PROCESS_GROUP = False  # True when the engine created the process group (and so must destroy it)
+
+
 def _barrier(dist: DistInfo) -> None:
+    global _OWN_PROCESS_GROUP
     if dist.world_size == 1:
         return
     import torch.distributed as tdist
@@ -241,7 +246,17 @@ def _barrier(dist: DistInfo) -> None:
         import torch
 
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        _OWN_PROCESS_GROUP = True
     tdist.barrier()
+
+
+def _release_process_group() -> None:
+    global _OWN_PROCESS_GROUP
+    if _OWN_PROCESS_GROUP:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+        _OWN_PROCESS_GROUP = False
 
 
 ScoreFn = Callable[[Sample, str], dict[str, Any]]
@@ -287,7 +302,7 @@ def generate_predictions(
     for path in {final_path, shard_path}:
         records = read_predictions(path)
         if path == shard_path:
-            _rewrite_without_torn_line(path, records)
+            _write_records(path, records)
         done.update((r["id"], r) for r in records if r.get("id") in set(ids))
 
     my_chunks = [(k, chunk) for k, chunk in _chunks(samples, decoding.batch_size) if k % dist.world_size == dist.rank]
@@ -334,9 +349,10 @@ def generate_predictions(
             for r in range(dist.world_size):
                 done.update((rec["id"], rec) for rec in read_predictions(out_dir / f"predictions.rank{r}.jsonl"))
             merged = [done[i] for i in ids if i in done]
-            _rewrite_without_torn_line(final_path, merged)
+            _write_records(final_path, merged)
         _barrier(dist)
         done.update((r["id"], r) for r in read_predictions(final_path))
+        _release_process_group()
     return [done[i] for i in ids if i in done]
 
 
