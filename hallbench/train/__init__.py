@@ -1,1 +1,1 @@
-"""The train stage. Not built yet: `hallbench train` says so and exits non-zero until its issue lands."""
+"""The training stage. Built so far: the evidence modules (``evidence.py``, see docs/method.md); `hallbench train` itself is not built yet and says so."""
