@@ -100,7 +100,7 @@ def demo(ctx: typer.Context) -> None:
 
 @app.command(name="eval")
 def eval_(
-    bench: Annotated[str, typer.Option(help="Benchmark: pope or chair.")],
+    bench: Annotated[str, typer.Option(help="Benchmark: pope, chair or vqa.")],
     out: Annotated[Path, typer.Option(help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes.")],
     data: Annotated[
         Path | None,
@@ -121,6 +121,24 @@ def eval_(
     synonyms: Annotated[
         Path | None, typer.Option(help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one).")
     ] = None,
+    marker: Annotated[str, typer.Option(help="VQA: the text before the final answer.")] = "### The final answer is:",
+    require_marker: Annotated[
+        bool, typer.Option(help="VQA: an answer without the marker counts as wrong (default: whole answer used, flagged).")
+    ] = False,
+    judge_base_url: Annotated[
+        str | None, typer.Option(help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com.")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="VQA: judge model name.")] = "deepseek-chat",
+    judge_key_env: Annotated[
+        str | None, typer.Option(help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).")
+    ] = None,
+    judge_concurrency: Annotated[int, typer.Option(help="VQA: judge requests in flight at once.")] = 8,
+    bertscore_model: Annotated[
+        str | None,
+        typer.Option(help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2)."),
+    ] = None,
+    bertscore_layers: Annotated[int | None, typer.Option(help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM).")] = None,
+    bertscore_baseline: Annotated[Path | None, typer.Option(help="VQA: baseline file for BERTScore rescaling.")] = None,
     decoding: Annotated[str, typer.Option(help="greedy, sample or beam.")] = "greedy",
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (--decoding sample).")] = 1.0,
@@ -139,7 +157,7 @@ def eval_(
     device: Annotated[str | None, typer.Option(help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any.")] = None,
     dtype: Annotated[str, typer.Option(help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
 ) -> None:
-    """Evaluate a model on POPE or CHAIR: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
+    """Evaluate a model on POPE, CHAIR or VQA: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
     from hallbench.eval.engine import DecodingConfig
     from hallbench.eval.run import EvalConfig, run_eval
 
@@ -147,6 +165,9 @@ def eval_(
         cfg = EvalConfig(
             bench=bench, out=out, data=data, images=images, model=model, split=split, parser=parser, prompt=prompt,
             drop_incomplete=drop_incomplete, instances=instances, captions=captions, synonyms=synonyms,
+            marker=marker, require_marker=require_marker, judge_base_url=judge_base_url, judge_model=judge_model,
+            judge_key_env=judge_key_env, judge_concurrency=judge_concurrency, bertscore_model=bertscore_model,
+            bertscore_layers=bertscore_layers, bertscore_baseline=bertscore_baseline,
             max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
             api_key_env=api_key_env, device=device, dtype=dtype,
             decoding=DecodingConfig(

@@ -213,7 +213,7 @@ def read_predictions(path: Path) -> list[dict]:
     return records
 
 
-def _write_records(path: Path, records: list[dict]) -> None:
+def write_records(path: Path, records: list[dict]) -> None:
     """Make ``path`` hold exactly ``records`` (atomically; untouched when it already does)."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -302,7 +302,7 @@ def generate_predictions(
     for path in {final_path, shard_path}:
         records = read_predictions(path)
         if path == shard_path:
-            _write_records(path, records)
+            write_records(path, records)
         done.update((r["id"], r) for r in records if r.get("id") in set(ids))
 
     my_chunks = [(k, chunk) for k, chunk in _chunks(samples, decoding.batch_size) if k % dist.world_size == dist.rank]
@@ -349,7 +349,7 @@ def generate_predictions(
             for r in range(dist.world_size):
                 done.update((rec["id"], rec) for rec in read_predictions(out_dir / f"predictions.rank{r}.jsonl"))
             merged = [done[i] for i in ids if i in done]
-            _write_records(final_path, merged)
+            write_records(final_path, merged)
         _barrier(dist)
         done.update((r["id"], r) for r in read_predictions(final_path))
         _release_process_group()

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError
-from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions
+from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, write_records
 from hallbench.provenance import provenance, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
     "pope": "hallbench.eval.pope:PopeBenchmark",
     "chair": "hallbench.eval.chair:ChairBenchmark",
+    "vqa": "hallbench.eval.vqa:VqaBenchmark",
 }
 
 
@@ -82,6 +83,24 @@ class EvalConfig:
     """CHAIR: COCO captions file whose objects also count as ground truth (default: from ``data``)."""
     synonyms: Path | None = None
     """CHAIR: synonym table (default: the shapes world's, or the packaged COCO table)."""
+    marker: str = "### The final answer is:"
+    """VQA: the text that precedes the final answer."""
+    require_marker: bool = False
+    """VQA: count an answer without the marker as wrong (default: use the whole answer and flag it)."""
+    judge_base_url: str | None = None
+    """VQA: OpenAI-compatible endpoint of the LLM judge for CLOSED questions (e.g. https://api.deepseek.com)."""
+    judge_model: str = "deepseek-chat"
+    """VQA: the judge's model name."""
+    judge_key_env: str | None = None
+    """VQA: environment variable with the judge's API key (default: DEEPSEEK_API_KEY, then OPENAI_API_KEY)."""
+    judge_concurrency: int = 8
+    """VQA: judge requests in flight at once."""
+    bertscore_model: str | None = None
+    """VQA: BERTScore model (default: roberta-large when available offline, else the bundled all-MiniLM-L6-v2)."""
+    bertscore_layers: int | None = None
+    """VQA: BERTScore layer (default: 17 for roberta-large, 6 for MiniLM)."""
+    bertscore_baseline: Path | None = None
+    """VQA: baseline file for BERTScore rescaling (needed to rescale a local model)."""
     max_samples: int | None = None
     """Evaluate only the first N samples (in the benchmark's order)."""
     strict: bool = False
@@ -102,7 +121,11 @@ class EvalConfig:
     """How answers are generated."""
 
     # Fields that may change between a run and its resumption without changing any answer.
-    NON_IDENTITY = ("out", "strict", "device", "max_samples")
+    # Scoring settings (judge, BERTScore) may change too: a re-run re-scores the same answers.
+    NON_IDENTITY = (
+        "out", "strict", "device", "max_samples", "judge_base_url", "judge_model", "judge_key_env", "judge_concurrency",
+        "bertscore_model", "bertscore_layers", "bertscore_baseline",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.bench not in BENCHMARKS:
@@ -180,6 +203,12 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
     records = generate_predictions(
         samples, backend, cfg.decoding, cfg.out, bench.score, strict=cfg.strict, progress=progress, on_chunk=on_chunk
     )
+    finalize = getattr(bench, "finalize", None)
+    if finalize is not None and dist.rank == 0:
+        # Scoring that needs every answer (LLM judge, BERTScore): the records gain their scores and
+        # predictions.jsonl is replaced atomically, so a crash here leaves the generations intact.
+        records = finalize(records)
+        write_records(cfg.out / "predictions.jsonl", records)
     summary: dict[str, Any] = {
         "bench": cfg.bench,
         "model": backend.describe().get("display_name"),

@@ -1,0 +1,204 @@
+"""``hallbench eval --bench vqa``: open and closed questions in the seed-001 format.
+
+The model answers with reasoning followed by a marker (default ``### The final answer is:``) and
+the final answer. CLOSED questions are judged by an LLM (``hallbench/eval/judge.py``): is the final
+answer semantically equivalent to the reference? OPEN questions are scored with BERTScore
+(``hallbench/eval/bertscore.py``).
+
+What the seed's ``eval.py`` got wrong and hallbench does instead:
+- an answer without the marker was silently skipped (``continue``), inflating or deflating the
+  score; here it is never dropped: by default the whole answer is used as the final answer and the
+  sample is flagged (``missing_marker``); with ``--require-marker`` it counts as wrong. Either way
+  ``n_missing_marker`` is in the summary;
+- a failed or unparseable judgement is never counted as correct: it is excluded from the accuracy
+  denominator, counted in ``judge_errors`` and listed by id, and a re-run judges only those (the
+  judge cache holds every successful verdict).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hallbench.errors import HallbenchError
+
+DEFAULT_MARKER = "### The final answer is:"
+
+
+def extract_final_answer(text: str, marker: str = DEFAULT_MARKER) -> tuple[str, str, bool]:
+    """Split an answer into ``(reasoning, final_answer, has_marker)``.
+
+    The last occurrence of ``marker`` counts (a model may quote the format before answering). The
+    final answer is stripped of surrounding whitespace and of one trailing period. Without the
+    marker, the reasoning is empty and the final answer is the whole (stripped) text.
+    """
+    position = text.rfind(marker)
+    if position < 0:
+        return "", text.strip(), False
+    reasoning = text[:position].strip()
+    final = text[position + len(marker) :].strip()
+    if final.endswith(".") and not final.endswith(".."):
+        final = final[:-1].rstrip()
+    return reasoning, final, True
+
+
+class VqaBenchmark:
+    """One sample per question; judge verdicts and BERTScores are added once generation is done."""
+
+    name = "vqa"
+
+    def __init__(self, cfg: Any):
+        from hallbench.eval.run import MetricInfo
+
+        self.cfg = cfg
+        self.metrics = {
+            "closed_accuracy": MetricInfo(
+                "closed_accuracy", True, "CLOSED questions judged equivalent to the reference / CLOSED questions judged"
+            ),
+            "open_bertscore_f1": MetricInfo("open_bertscore_f1", True, "mean BERTScore F1 of OPEN final answers against the references"),
+            "open_bertscore_precision": MetricInfo("open_bertscore_precision", True, "mean BERTScore precision of OPEN answers"),
+            "open_bertscore_recall": MetricInfo("open_bertscore_recall", True, "mean BERTScore recall of OPEN answers"),
+            "missing_marker_rate": MetricInfo("missing_marker_rate", False, "answers without the final-answer marker / answers"),
+        }
+        if cfg.data is None:
+            raise HallbenchError(
+                "--bench vqa needs --data: a question file in the seed-001 format (id, img_name, question, answer, answer_type)"
+            )
+        if cfg.images is None:
+            raise HallbenchError("--bench vqa needs --images: the folder that img_name is relative to")
+        self.data, self.images = Path(cfg.data), Path(cfg.images)
+        self.marker = cfg.marker
+
+    def samples(self) -> list[Any]:
+        from hallbench.data.formats import read_vqa
+        from hallbench.eval.engine import Sample
+
+        return [
+            Sample(
+                item.id,
+                [self.images / name for name in item.images],
+                item.question,
+                {"answer_type": item.answer_type, "reference": item.answer, "question": item.question},
+            )
+            for item in read_vqa(self.data)
+        ]
+
+    def score(self, sample: Any, answer: str) -> dict[str, Any]:
+        reasoning, final, has_marker = extract_final_answer(answer, self.marker)
+        return {"reasoning": reasoning, "final_answer": final, "missing_marker": not has_marker}
+
+    def describe(self) -> dict[str, Any]:
+        import hashlib
+
+        return {
+            "questions": {"file": str(self.data), "sha256": hashlib.sha256(self.data.read_bytes()).hexdigest()},
+            "images": str(self.images),
+            "marker": self.marker,
+            "require_marker": self.cfg.require_marker,
+        }
+
+    # -- scoring that needs every answer -------------------------------------------------------
+
+    def _closed_verdicts(self, closed: list[dict]) -> tuple[dict[str, dict], dict[str, Any]]:
+        """Judge verdicts by record id, and the judge's request statistics."""
+        if not closed:
+            return {}, {}
+        if not self.cfg.judge_base_url:
+            raise HallbenchError(
+                "--bench vqa has CLOSED questions: it needs an LLM judge (--judge-base-url, --judge-model, key in DEEPSEEK_API_KEY or "
+                "--judge-key-env); for a local judge without a key run `python -m hallbench.eval.judge_server --port 8765`"
+            )
+        from hallbench.eval.judge import JudgeConfig, JudgeItem, judge_many
+
+        judge_cfg = JudgeConfig(
+            base_url=self.cfg.judge_base_url,
+            model=self.cfg.judge_model,
+            key_env=self.cfg.judge_key_env,
+            concurrency=self.cfg.judge_concurrency,
+            cache_path=Path(self.cfg.out) / "judge_cache.sqlite",
+        )
+        items = [JudgeItem(r["id"], r["question"], r["reference"], r["final_answer"]) for r in closed]
+        judgements, stats = judge_many(items, judge_cfg)
+        return {item.id: _as_dict(j) for item, j in zip(items, judgements, strict=True)}, stats
+
+    def finalize(self, records: list[dict]) -> list[dict]:
+        """Add judge verdicts (CLOSED) and BERTScores (OPEN) to the records."""
+        usable = [r for r in records if not r.get("error")]
+        closed = [r for r in usable if r["answer_type"] == "CLOSED" and not (self.cfg.require_marker and r["missing_marker"])]
+        verdicts, self.judge_stats = self._closed_verdicts(closed)
+        opened = [r for r in usable if r["answer_type"] == "OPEN" and not (self.cfg.require_marker and r["missing_marker"])]
+        self.bertscore_info: dict[str, Any] | None = None
+        scores: dict[str, tuple[float, float, float]] = {}
+        if opened:
+            from hallbench.eval.bertscore import BertScoreConfig, BertScorer
+
+            scorer = BertScorer(
+                BertScoreConfig(
+                    model=self.cfg.bertscore_model, num_layers=self.cfg.bertscore_layers, baseline_path=self.cfg.bertscore_baseline
+                )
+            )
+            triples = scorer.score([r["final_answer"] for r in opened], [r["reference"] for r in opened])
+            scores = {r["id"]: t for r, t in zip(opened, triples, strict=True)}
+            self.bertscore_info = scorer.description()
+        enriched = []
+        for record in records:
+            record = dict(record)
+            for key in ("judge", "correct", "bertscore"):
+                record.pop(key, None)
+            if record["id"] in verdicts:
+                judgement = verdicts[record["id"]]
+                record["judge"] = judgement
+                record["correct"] = judgement.get("verdict")  # None = judge error: never counted correct
+            elif record.get("answer_type") == "CLOSED" and not record.get("error"):
+                record["correct"] = False  # --require-marker and no marker
+            if record["id"] in scores:
+                p, r, f = scores[record["id"]]
+                record["bertscore"] = {
+                    "precision": p,
+                    "recall": r,
+                    "f1": f,
+                    "hash": self.bertscore_info["hash"] if self.bertscore_info else None,
+                }
+            enriched.append(record)
+        return enriched
+
+    def aggregate(self, records: list[dict]) -> dict[str, Any]:
+        usable = [r for r in records if not r.get("error")]
+        closed = [r for r in usable if r["answer_type"] == "CLOSED"]
+        opened = [r for r in usable if r["answer_type"] == "OPEN"]
+        judged = [r for r in closed if r.get("correct") is not None]
+        judge_errors = [r["id"] for r in closed if "judge" in r and r["judge"].get("verdict") is None]
+        open_scores = [r["bertscore"] for r in opened if "bertscore" in r]
+        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+        missing = sum(1 for r in usable if r["missing_marker"])
+        mean = {k: (sum(s[k] for s in open_scores) / len(open_scores) if open_scores else None) for k in zero}
+        # Open answers excluded by --require-marker score 0, like a wrong closed answer.
+        n_open_excluded = len(opened) - len(open_scores)
+        if self.cfg.require_marker and opened:
+            mean = {k: (sum(s[k] for s in open_scores) / len(opened)) for k in zero}
+        return {
+            "metrics": {
+                "closed_accuracy": (sum(1 for r in judged if r["correct"]) / len(judged)) if judged else None,
+                "open_bertscore_precision": mean["precision"],
+                "open_bertscore_recall": mean["recall"],
+                "open_bertscore_f1": mean["f1"],
+                "missing_marker_rate": missing / len(usable) if usable else None,
+            },
+            "n_closed": len(closed),
+            "n_closed_judged": len(judged),
+            "n_open": len(opened),
+            "n_open_scored": len(open_scores),
+            "n_open_excluded": n_open_excluded,
+            "n_missing_marker": missing,
+            "require_marker": self.cfg.require_marker,
+            "judge_errors": len(judge_errors),
+            "judge_error_ids": judge_errors,
+            "judge": {"base_url": self.cfg.judge_base_url, "model": self.cfg.judge_model, **getattr(self, "judge_stats", {})},
+            "bertscore": getattr(self, "bertscore_info", None),
+        }
+
+
+def _as_dict(judgement: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(judgement) if is_dataclass(judgement) else dict(judgement)

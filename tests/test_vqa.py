@@ -1,0 +1,178 @@
+"""``hallbench eval --bench vqa``: final-answer extraction, judge verdicts that never count a failure as correct, BERTScore."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hallbench.cli import app
+from hallbench.errors import HallbenchError
+from hallbench.eval.judge_server import start_judge_server
+from hallbench.eval.run import EvalConfig, run_eval
+from hallbench.eval.vqa import extract_final_answer
+
+MARKER = "### The final answer is:"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"I see a red star. {MARKER} 1", ("I see a red star.", "1", True)),
+        (f"I see two. {MARKER} 2.", ("I see two.", "2", True)),
+        (f"{MARKER}yes", ("", "yes", True)),
+        (f"Format: {MARKER} X. Reasoning... {MARKER} blue", (f"Format: {MARKER} X. Reasoning...", "blue", True)),  # the last marker counts
+        ("  just an answer  ", ("", "just an answer", False)),
+        ("", ("", "", False)),
+    ],
+)
+def test_extract_final_answer(text, expected):
+    assert extract_final_answer(text, MARKER) == expected
+
+
+class ScriptedBackend:
+    def __init__(self, answer):
+        self.answer = answer
+
+    def describe(self):
+        return {"backend": "scripted", "display_name": "Scripted"}
+
+    def generate(self, samples, images, chunk_seed):
+        return [self.answer(s) for s in samples]
+
+
+@pytest.fixture()
+def vqa_file(tmp_path, shapes_dir):
+    items = json.loads((shapes_dir / "eval_vqa.json").read_text())[:8]  # 4 CLOSED + 4 OPEN, alternating
+    path = tmp_path / "vqa.json"
+    path.write_text(json.dumps(items))
+    return path, items
+
+
+def _answers(items):
+    """CLOSED: right, right (as a number word), wrong, no marker; OPEN: the reference, something else, no marker, empty."""
+    closed = [i for i in items if i["answer_type"] == "CLOSED"]
+    opened = [i for i in items if i["answer_type"] == "OPEN"]
+    number_words = {"1": "one", "2": "two", "3": "three", "4": "four"}
+    table = {
+        closed[0]["id"]: f"Looking. {MARKER} {closed[0]['answer']}",
+        closed[1]["id"]: f"Looking. {MARKER} {number_words.get(closed[1]['answer'], closed[1]['answer']).upper()}",
+        closed[2]["id"]: f"Looking. {MARKER} definitely not that",
+        closed[3]["id"]: closed[3]["answer"],
+        opened[0]["id"]: f"Hmm. {MARKER} {opened[0]['answer']}",
+        opened[1]["id"]: f"Hmm. {MARKER} the stock market fell sharply today",
+        opened[2]["id"]: opened[2]["answer"],
+        opened[3]["id"]: f"Hmm. {MARKER}",
+    }
+    return lambda sample: table[sample.id]
+
+
+def _config(tmp_path, path, shapes_dir, base_url, **extra):
+    return EvalConfig(
+        bench="vqa", data=path, images=shapes_dir / "images", out=tmp_path / "run", judge_base_url=base_url, judge_model="local", **extra
+    )
+
+
+def test_vqa_end_to_end_with_the_local_judge(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    with start_judge_server() as server:
+        summary = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
+        first_requests = server.requests
+        again = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
+        assert server.requests == first_requests  # every verdict came from the cache
+    metrics = summary["metrics"]
+    assert metrics["closed_accuracy"] == pytest.approx(3 / 4)  # right, right ("TWO" == "2"), wrong, right without marker
+    assert (summary["n_closed"], summary["n_closed_judged"], summary["judge_errors"]) == (4, 4, 0)
+    assert summary["n_missing_marker"] == 2 and metrics["missing_marker_rate"] == pytest.approx(2 / 8)
+    assert summary["bertscore"]["rescaled"] is False and "L6" in summary["bertscore"]["hash"]
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text().splitlines())}
+    opened = [i["id"] for i in items if i["answer_type"] == "OPEN"]
+    f1 = [records[i]["bertscore"]["f1"] for i in opened]
+    assert f1[0] > 0.99 and f1[1] < 0.5 and f1[3] == 0.0  # the reference (less its final period), unrelated, empty
+    assert records[opened[2]]["missing_marker"] is True and records[opened[2]]["final_answer"] == next(
+        i["answer"] for i in items if i["id"] == opened[2]
+    )
+    closed_record = records[items[0]["id"]]
+    assert closed_record["judge"]["prompt_id"] and closed_record["correct"] is True
+    assert again["metrics"] == metrics
+
+
+def test_require_marker_counts_missing_markers_as_wrong(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    with start_judge_server() as server:
+        summary = run_eval(
+            _config(tmp_path, path, shapes_dir, server.base_url, require_marker=True),
+            backend=ScriptedBackend(_answers(items)),
+            progress=False,
+        )
+    assert summary["metrics"]["closed_accuracy"] == pytest.approx(2 / 4)  # the unmarked right answer is now wrong
+    assert summary["n_open_excluded"] == 1
+
+
+def test_judge_failures_are_excluded_never_correct(tmp_path, shapes_dir, vqa_file, monkeypatch):
+    path, items = vqa_file
+    # every request fails with a 500: all CLOSED judgements are errors
+    with start_judge_server(faults=lambda n, fields: "500") as server:
+        cfg = _config(tmp_path, path, shapes_dir, server.base_url)
+        monkeypatch.setattr("hallbench.eval.judge.JudgeConfig.__post_init__", _fast_retries(cfg))
+        summary = run_eval(cfg, backend=ScriptedBackend(_answers(items)), progress=False)
+    assert summary["judge_errors"] == 4 and summary["n_closed_judged"] == 0
+    assert summary["metrics"]["closed_accuracy"] is None  # not 0, not 1: nothing was judged
+    assert sorted(summary["judge_error_ids"]) == sorted(i["id"] for i in items if i["answer_type"] == "CLOSED")
+
+
+def _fast_retries(cfg):
+    from hallbench.eval.judge import JudgeConfig
+
+    original = JudgeConfig.__post_init__
+
+    def post_init(self):
+        object.__setattr__(self, "max_attempts", 2)
+        object.__setattr__(self, "backoff_base_s", 0.001)
+        object.__setattr__(self, "backoff_max_s", 0.002)
+        original(self)
+
+    return post_init
+
+
+def test_closed_questions_need_a_judge(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    with pytest.raises(HallbenchError, match="needs an LLM judge"):
+        run_eval(_config(tmp_path, path, shapes_dir, None), backend=ScriptedBackend(_answers(items)), progress=False)
+
+
+def test_cli_vqa_with_the_tiny_model_and_the_local_judge(tmp_path, shapes_dir, vqa_file):
+    path, _ = vqa_file
+    with start_judge_server() as server:
+        args = ["eval", "--bench", "vqa", "--model", "tiny-qwen", "--data", str(path), "--images", str(shapes_dir / "images")]
+        args += [
+            "--judge-base-url",
+            server.base_url,
+            "--judge-model",
+            "local",
+            "--out",
+            str(tmp_path / "out"),
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+        ]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_closed"] == 4 and summary["n_open"] == 4 and summary["n_missing_marker"] == 8  # a random model writes no marker
+
+
+def test_the_judge_key_never_reaches_the_output_folder(tmp_path, shapes_dir, vqa_file, monkeypatch):
+    path, items = vqa_file
+    secret = "sk-hallbench-test-7f3a9c1e5d"
+    monkeypatch.setenv("HALLBENCH_JUDGE_TEST_KEY", secret)
+    with start_judge_server() as server:
+        cfg = _config(tmp_path, path, shapes_dir, server.base_url, judge_key_env="HALLBENCH_JUDGE_TEST_KEY")
+        summary = run_eval(cfg, backend=ScriptedBackend(_answers(items)), progress=False)
+        assert f"Bearer {secret}" in server.auth_headers  # the key was used...
+    assert secret not in json.dumps(summary)
+    for file in (tmp_path / "run").rglob("*"):  # ...and written nowhere, the SQLite cache included
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
