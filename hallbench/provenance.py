@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -60,6 +61,12 @@ def provenance() -> dict[str, Any]:
         "host": platform.node(),
         "pid": os.getpid(),
     }
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (annotation files can be hundreds of MB)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -41,7 +41,6 @@ naming the seed, the purpose and the image id, so no choice depends on how many 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import Counter
@@ -50,6 +49,7 @@ from pathlib import Path
 
 from hallbench.data.formats import read_coco_instances
 from hallbench.errors import DataFormatError, HallbenchError
+from hallbench.provenance import sha256_file
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
 QUESTION_TEMPLATE = "Is there a {name} in the image?"
@@ -97,14 +97,6 @@ def pope_question(question_id: int, image: str, name: str, label: str) -> dict:
 def _rng(cfg: PopeBuildConfig, purpose: str, image_id: int | None = None) -> random.Random:
     # String seeds are hashed with SHA-512 by random.Random: stable across runs and platforms.
     return random.Random(f"pope-{cfg.seed}-{purpose}-{image_id}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _objects_per_image(path: Path, data: dict) -> tuple[list[dict], dict[int, set[str]], list[str]]:
@@ -230,7 +222,7 @@ def build_pope(
     _dump_json(out_dir / "image_ids.json", [{"id": image["id"], "file_name": image["file_name"]} for image in chosen])
     manifest = {
         "config": asdict(cfg),
-        "input": {"file": path.name, "sha256": _sha256(path)},
+        "input": {"file": path.name, "sha256": sha256_file(path)},
         **({"images": str(images_dir)} if images_dir is not None else {}),
         "stats": {
             "n_images_total": len(images),

@@ -63,6 +63,7 @@ from typing import Any, NamedTuple
 
 from hallbench.data.formats import read_coco_captions, read_coco_instances, read_synonyms
 from hallbench.errors import DataFormatError, HallbenchError, shorten
+from hallbench.provenance import sha256_file
 
 # Bump whenever a change here can change a ground-truth index (tokenisation, singularisation,
 # special cases, cache layout): it is part of the cache key, so old caches are never reused.
@@ -139,11 +140,6 @@ def drop_incomplete_sentence(text: str) -> str:
     if last is None or not text[last.end() :].strip():
         return text
     return text[: last.end()]
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _lemminflect_version() -> str:
@@ -258,6 +254,10 @@ class ChairScorer:
         """The ids of the images that can be scored (those of the instances file), sorted."""
         return list(self._index.image_ids)
 
+    def image_files(self) -> list[tuple[int, str]]:
+        """``(image_id, file_name)`` of every image of the instances file, by id."""
+        return list(zip(self._index.image_ids, self._index.file_names, strict=True))
+
     def __contains__(self, image_id: object) -> bool:
         try:
             return _image_key(image_id) in self._set_of_image
@@ -288,9 +288,9 @@ class ChairScorer:
         parts = [
             f"code:{CODE_VERSION}",
             f"lemminflect:{_lemminflect_version()}",
-            f"instances:{_sha256_file(self.instances_path)}",
-            f"captions:{_sha256_file(self.captions_path) if self.captions_path is not None else 'none'}",
-            f"synonyms:{_sha256_file(self.synonyms_path)}",
+            f"instances:{sha256_file(self.instances_path)}",
+            f"captions:{sha256_file(self.captions_path) if self.captions_path is not None else 'none'}",
+            f"synonyms:{sha256_file(self.synonyms_path)}",
         ]
         digest.update("\n".join(parts).encode())
         return digest.hexdigest()
@@ -615,8 +615,7 @@ class ChairBenchmark:
 
         from hallbench.eval.engine import Sample
 
-        index = self.scorer._index
-        order = list(zip(index.image_ids, index.file_names, strict=True))
+        order = self.scorer.image_files()
         random.Random("chair-images").shuffle(order)
         return [Sample(str(image_id), [self.images / name], self.prompt, {"image_id": image_id}) for image_id, name in order]
 
@@ -634,7 +633,7 @@ class ChairBenchmark:
     def describe(self) -> dict[str, Any]:
         files = {"instances": self.instances, "captions": self.captions, "synonyms": self.synonyms or default_synonyms_path()}
         return {
-            **{k: {"file": str(p), "sha256": _sha256_file(p)} if p else None for k, p in files.items()},
+            **{k: {"file": str(p), "sha256": sha256_file(p)} if p else None for k, p in files.items()},
             "images": str(self.images),
             "prompt": self.prompt,
             "ground_truth_cache": str(self.scorer.cache_path),

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -398,7 +398,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if getattr(self, "bar", None) is not None:
             self.bar.stop()
-
-
-def decoding_dict(decoding: DecodingConfig) -> dict[str, Any]:
-    return asdict(decoding)

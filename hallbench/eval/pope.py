@@ -405,10 +405,10 @@ class PopeBenchmark:
         return result
 
     def describe(self) -> dict[str, Any]:
-        import hashlib
+        from hallbench.provenance import sha256_file
 
         return {
-            "splits": {s: {"file": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for s, p in self.files.items()},
+            "splits": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.files.items()},
             "images": str(self.images),
             "parser": self.cfg.parser,
         }

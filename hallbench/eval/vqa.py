@@ -88,10 +88,10 @@ class VqaBenchmark:
         return {"reasoning": reasoning, "final_answer": final, "missing_marker": not has_marker}
 
     def describe(self) -> dict[str, Any]:
-        import hashlib
+        from hallbench.provenance import sha256_file
 
         return {
-            "questions": {"file": str(self.data), "sha256": hashlib.sha256(self.data.read_bytes()).hexdigest()},
+            "questions": {"file": str(self.data), "sha256": sha256_file(self.data)},
             "images": str(self.images),
             "marker": self.marker,
             "require_marker": self.cfg.require_marker,
