@@ -76,16 +76,150 @@ def _not_built(stage: str, issue: str) -> None:
         raise NotBuiltError(f"`hallbench {stage}` is not built yet (tracked in {issue}); nothing was run.")
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def train(ctx: typer.Context) -> None:
-    """Train an evidence-injected VLM (Base, +M, +M+A, Ours, ablations) under DeepSpeed. (not built yet)"""
-    _not_built("train", "the training-stage issue")
+# ---------------------------------------------------------------------------------------------
+# Training
+
+# CLI option -> (TrainConfig field or evidence flag). Only options given on the command line
+# override the recipe (--config) and the preset.
+_EVIDENCE_OPTIONS = (
+    "enable_evidence", "inject_position", "inject_op", "use_utilization", "evidence_source", "evidence_dim",
+    "evidence_topk", "inject_layers", "aux_layers", "lambda_orth", "lambda_ctr", "tau", "ctr_queue",
+)  # fmt: skip
+_TRAIN_OPTIONS = {
+    "data": "data", "images": "images", "output_root": "output_root", "output_dir": "output_dir", "learning_rate": "learning_rate",
+    "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+    "max_length": "max_length", "precision": "precision", "save_total_limit": "save_total_limit", "logging_steps": "logging_steps",
+    "seed": "seed", "tune_vision": "tune_vision", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
+    "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "resume": "resume",
+}  # fmt: skip
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def report(ctx: typer.Context) -> None:
-    """Regenerate Table 2, the ablation tables and plots from run folders. (not built yet)"""
-    _not_built("report", "the report-stage issue")
+@app.command()
+def train(
+    model: Annotated[str | None, typer.Option(help=f"{MODEL_NAMES}, a model folder, 'all' (the paper's three) or a comma list.")] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="base, m (+M), ma (+M+A), ours (Ours), abl-*, loss-*; or all (Table 2), ablations, ablation_injection, ablation_loss; or a comma list."
+        ),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="LLaVA-format training conversations, e.g. data/train.json.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ or img/ beside --data).")] = None,
+    output_root: Annotated[
+        Path | None, typer.Option(help="Runs go to OUTPUT_ROOT/output_model_<model>_<variant> [default: runs/train].")
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Exact run folder (one run only).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML recipe (TrainConfig keys, 'evidence:' and 'set:' mappings); flags override it.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Other TrainingArguments as KEY=VALUE (e.g. max_steps=20, warmup_ratio=0.03).")
+    ] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate [default: 1e-5].")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs [default: 3].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-device batch size [default: 4].")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps [default: 1].")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest sample in tokens; longer is an error [default: 4096].")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 where supported), bf16, fp16 or fp32.")] = None,
+    save_total_limit: Annotated[int | None, typer.Option(help="Epoch checkpoints kept [default: 2].")] = None,
+    logging_steps: Annotated[int | None, typer.Option(help="Log CE / L_orth / L_ctr every N steps [default: 2].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for new modules, data order, dropout [default: 42].")] = None,
+    tune_vision: Annotated[
+        bool | None, typer.Option("--tune-vision/--freeze-vision", help="Train the vision tower [default: frozen].")
+    ] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank for the language model; 0 = full fine-tuning.")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha [default: 2 x rank].")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing", help="Recompute activations to save memory.")
+    ] = None,
+    deepspeed: Annotated[str | None, typer.Option(help="zero2, zero3 (shipped configs) or a DeepSpeed JSON path.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,
+    enable_evidence: Annotated[
+        bool | None, typer.Option("--enable-evidence/--no-enable-evidence", help="Method flag (set by the preset).")
+    ] = None,
+    inject_position: Annotated[str | None, typer.Option(help="none, first_layer_input or per_layer.")] = None,
+    inject_op: Annotated[str | None, typer.Option(help="add, concat or ours.")] = None,
+    use_utilization: Annotated[
+        bool | None, typer.Option("--use-utilization/--no-use-utilization", help="The utilization gate of 'ours'.")
+    ] = None,
+    evidence_source: Annotated[str | None, typer.Option(help="candidate or aligned.")] = None,
+    evidence_dim: Annotated[int | None, typer.Option(help="d_e, retrieval width and alignment rank [default: 64].")] = None,
+    evidence_topk: Annotated[int | None, typer.Option(help="Attend to the K best visual tokens; 0 = all.")] = None,
+    inject_layers: Annotated[str | None, typer.Option(help='per_layer: decoder layers to inject, e.g. "0,4,8"; empty = all.')] = None,
+    aux_layers: Annotated[str | None, typer.Option(help='Layers feeding L_orth/L_ctr, e.g. "0,1,2"; empty = all injected.')] = None,
+    lambda_orth: Annotated[float | None, typer.Option(help="Weight of L_orth.")] = None,
+    lambda_ctr: Annotated[float | None, typer.Option(help="Weight of L_ctr.")] = None,
+    tau: Annotated[float | None, typer.Option(help="InfoNCE temperature [default: 0.07].")] = None,
+    ctr_queue: Annotated[int | None, typer.Option(help="FIFO queue of extra L_ctr negatives [default: 64].")] = None,
+    local_rank: Annotated[
+        int | None, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")
+    ] = None,
+) -> None:
+    """Train an evidence-injected VLM (Base, +M, +M+A, Ours, ablations); several models/variants run in sequence."""
+    values = locals()
+    with user_errors():
+        from hallbench.train.config import TrainConfig, load_recipe, merge_settings
+        from hallbench.train.presets import expand_variants
+        from hallbench.train.run import expand_models, run_matrix
+
+        flags: dict[str, object] = {field: values[option] for option, field in _TRAIN_OPTIONS.items() if values[option] is not None}
+        flags["evidence_overrides"] = {k: values[k] for k in _EVIDENCE_OPTIONS if values[k] is not None}
+        flags["training_args"] = _parse_sets(set_)
+        for key in ("model", "variant"):
+            if values[key] is not None:
+                flags[key] = values[key]
+        settings = merge_settings(load_recipe(config) if config else {}, flags)
+        missing = [f"--{k}" for k in ("model", "variant", "data") if settings.get(k) is None]
+        if missing:
+            raise HallbenchError(f"missing {', '.join(missing)} (give them as options or in the --config recipe)")
+        settings["data"] = Path(settings["data"])
+        if settings.get("images") is None:
+            settings["images"] = _default_images(settings["data"])
+        models_, variants = expand_models(str(settings.pop("model"))), expand_variants(str(settings.pop("variant")))
+        base = TrainConfig(model=models_[0], variant=variants[0], **settings)
+
+        def announce(result: object) -> None:
+            if int(os.environ.get("RANK", "0")) == 0:
+                last = (result.summary.get("last_log") or {}) if result.summary else {}  # type: ignore[attr-defined]
+                terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
+                console.print(f"[green]{result.status}[/] {result.path}" + (f"  ({terms})" if terms else ""))  # type: ignore[attr-defined]
+
+        run_matrix(base, models_, variants, on_result=announce)
+
+
+def _default_images(data: Path) -> Path:
+    for name in ("images", "img"):
+        if (data.parent / name).is_dir():
+            return data.parent / name
+    raise HallbenchError(f"--images not given and neither images/ nor img/ exists beside {data}")
+
+
+@app.command()
+def report(
+    runs: Annotated[Path, typer.Option(help="Folder searched recursively for training runs and evaluation runs.")],
+    out: Annotated[Path, typer.Option(help="Folder for the tables (.md, .tex), plots (.png), results.csv and index.md.")],
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples per confidence interval and paired test (0: no CIs).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (same runs and seed: identical files).")] = 0,
+    prefer: Annotated[
+        str | None, typer.Option(help="When two runs claim the same table cell: 'newest' keeps the newer one (default: error).")
+    ] = None,
+) -> None:
+    """Regenerate Table 2, both ablation tables, the decoding and POPE tables (Markdown + LaTeX, with CIs) and plots from run folders."""
+    from hallbench.report import run_report
+
+    with user_errors():
+        result = run_report(runs, out, n_resamples=resamples, seed=seed, prefer=prefer)
+    for item in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {escape(str(item.path))}: {escape(item.reason)}", soft_wrap=True)
+    for item in result.excluded:
+        console.print(f"[dim]not in the paper tables[/] {escape(str(item.path))}: {escape(item.reason)}", soft_wrap=True)
+    for item in result.warnings:
+        err_console.print(f"[yellow]warning[/] {escape(str(item.path))}: {escape(item.reason)}", soft_wrap=True)
+    for name, table in result.tables.items():
+        filled = sum(not c.missing for row in table.cells for c in row)
+        total = sum(len(row) for row in table.cells)
+        console.print(f"{name}: {filled} of {total} cells filled")
+    console.print(f"wrote {len(result.files)} files to [bold]{escape(str(out))}[/]; start with {escape(str(result.index))}", soft_wrap=True)
 
 
 @app.command(context_settings=_PASSTHROUGH)

@@ -119,6 +119,7 @@ class HFBackend:
             "source": resolved.source,
             "path": str(resolved.path) if resolved.path else None,
             "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
+            **({"training_run": self.loaded.training_run} if self.loaded.training_run else {}),
         }
 
     def generate(self, samples: list[Sample], images: list[list[Any]], chunk_seed: int) -> list[str]:

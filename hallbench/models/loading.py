@@ -11,6 +11,7 @@ from hallbench.errors import HallbenchError, ModelNotFoundError
 from hallbench.models.families import Family, get_family
 from hallbench.models.registry import ResolvedModel, resolve_model
 from hallbench.models.tiny import TinySize, build_tiny
+from hallbench.train.load import find_run_config
 
 RUN_CONFIG_FILE = "hallbench_config.json"
 """A folder holding this file is a hallbench training run (model + evidence modules), not a plain checkpoint."""
@@ -24,6 +25,8 @@ class LoadedModel:
     processor: Any
     family: Family
     resolved: ResolvedModel
+    training_run: dict[str, Any] | None = None
+    """For a hallbench training run: its path, model, variant and evidence settings (see ``hallbench.train.load_run``)."""
 
     @property
     def display_name(self) -> str:
@@ -95,13 +98,11 @@ def load_model(
         assert resolved.spec is not None
         family = get_family(resolved.spec.family)
         model, processor = build_tiny(resolved.spec.name, tiny_size or TinySize(), seed)
-    elif (resolved.path / RUN_CONFIG_FILE).is_file():
-        # A hallbench training run: the training stage rebuilds the model with its evidence modules.
-        from hallbench.errors import NotBuiltError
+    elif find_run_config(resolved.path) is not None:
+        # A hallbench training run (or one of its checkpoints): weights plus evidence modules.
+        from hallbench.train.load import load_run
 
-        raise NotBuiltError(
-            f"{resolved.path} is a hallbench training run; loading runs with their evidence modules arrives with the training stage"
-        )
+        return load_run(resolved.path, dtype=torch_dtype, device=device)
     else:
         family = get_family(_read_config(resolved.path).get("model_type", "<missing model_type>"))
         processor = _load_processor(resolved.path, family)

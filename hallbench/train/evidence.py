@@ -146,7 +146,8 @@ class EvidenceInjector(nn.Module):
             self.concat_proj = nn.Linear(2 * hidden, hidden, bias=False)
             nn.init.zeros_(self.concat_proj.weight)
         else:
-            self.scale = nn.Parameter(torch.tensor(0.0 if zero_here == "scale" else 1.0))
+            # Shape (1,), not a 0-dim tensor: DeepSpeed broadcasts parameters as byte views, which 0-dim tensors refuse.
+            self.scale = nn.Parameter(torch.full((1,), 0.0 if zero_here == "scale" else 1.0))
         if cfg.inject_op == "ours" and cfg.use_utilization:
             self.gate = nn.Linear(2 * hidden, 1)
             nn.init.normal_(self.gate.weight, std=std)

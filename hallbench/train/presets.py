@@ -25,6 +25,11 @@ class Preset:
     """Which table the variant belongs to: ``table2``, ``ablation_injection`` or ``ablation_loss``."""
     evidence: EvidenceConfig
 
+    @property
+    def folder_label(self) -> str:
+        """The run-folder suffix: the paper's label for Table 2 (``+M+A``), the preset name for ablations."""
+        return self.label if self.table == "table2" else self.name
+
 
 _M = {
     "enable_evidence": True,
@@ -68,6 +73,29 @@ ALIASES = {"+m": "m", "+m+a": "ma", "ours": "ours", "base": "base"}
 TABLE2 = ("base", "m", "ma", "ours")
 ABLATION_INJECTION = ("abl-first-add", "abl-all-concat", "abl-all-add", "abl-all-ours")
 ABLATION_LOSS = ("loss-full", "loss-no-ctr", "loss-no-orth", "loss-ce")
+# Names that expand to several presets in ``hallbench train --variant``.
+VARIANT_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": TABLE2,
+    "table2": TABLE2,
+    "ablation_injection": ABLATION_INJECTION,
+    "ablation_loss": ABLATION_LOSS,
+    "ablations": ABLATION_INJECTION + ABLATION_LOSS,
+}
+
+
+def expand_variants(text: str) -> list[str]:
+    """``ours``, ``base,+M``, ``all`` (Table 2), ``ablations``... -> canonical preset names, in order, once each."""
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        for name in VARIANT_GROUPS.get(part.lower(), (part,)):
+            canonical = get_preset(name).name
+            if canonical not in names:
+                names.append(canonical)
+    if not names:
+        raise HallbenchError("--variant is empty")
+    return names
 
 
 def get_preset(name: str) -> Preset:

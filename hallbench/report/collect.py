@@ -1,0 +1,618 @@
+"""Find the run folders under ``--runs`` and turn them into one long-format DataFrame.
+
+Two kinds of folder are recognised by their files, never by their names (walked recursively, in
+sorted order, symlinks not followed):
+
+- a **training run** holds ``hallbench_config.json`` (``{"format": "hallbench-run/1", "model":
+  {...}, "variant": {"name", "label", "table"}, ...}``) and usually ``train_log.jsonl``;
+- an **evaluation run** holds ``config.json`` with an ``eval`` key (written first by ``hallbench
+  eval``) and ``summary.json`` (written last: its presence means the run finished). A folder whose
+  ``config.json`` has no ``eval`` key is something else (a saved model's config) and is ignored.
+
+What an evaluation run measured comes from its ``config.json``: the bench and decoding from
+``eval``, the model and variant from ``backend.training_run`` (present when the evaluated model is a
+hallbench training run). A run without ``training_run`` evaluated a pretrained model: its variant is
+``pretrained``; it appears in the ``decoding`` and ``pope_detail`` tables but not in the paper's
+tables (Table 2 and the ablations), and the report lists it with that reason.
+
+A folder that cannot be read (a missing or corrupt ``summary.json``, a corrupt config) is listed in
+``skipped`` with the reason and left out; it never stops the report. Two runs claiming the same cell
+(same model, variant, bench, split and decoding) are an error naming both, unless ``prefer="newest"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hallbench.errors import HallbenchError
+from hallbench.report.bootstrap import RatioMetric, SampleTable, bootstrap_ci, paired_test, point, stable_seed
+
+PRETRAINED = "pretrained"
+"""Variant key of an evaluation whose model is not a hallbench training run."""
+PAPER_TABLES = ("table2", "ablation_injection", "ablation_loss")
+POPE_SPLITS = ("random", "popular", "adversarial")
+ALL = "all"
+"""The split of benches that have none (CHAIR, VQA)."""
+DECODINGS = ("sample", "greedy", "beam")
+
+# bench -> metric -> how to recompute it from per-sample components (see bootstrap.py).
+METRICS: dict[str, dict[str, RatioMetric]] = {
+    "pope": {
+        "accuracy": RatioMetric("correct", "one", empty=0.0),
+        "precision": RatioMetric("tp", "answered_yes", empty=0.0),
+        "recall": RatioMetric("tp", "label_yes", empty=0.0),
+        # F1 = 2PR / (P + R) = 2 tp / (answered yes + labelled yes); 0.0 when both are 0, like pope_metrics.
+        "f1": RatioMetric("tp2", "yes_total", empty=0.0),
+        "yes_ratio": RatioMetric("answered_yes", "one", empty=0.0),
+        "unknown_rate": RatioMetric("unknown", "one", empty=0.0),
+    },
+    "chair": {
+        "chair_s": RatioMetric("hallucinated_caption", "one"),
+        "chair_i": RatioMetric("hallucinated_mentions", "mentions"),
+        "recall": RatioMetric("recalled", "ground_truth"),
+        "len": RatioMetric("words", "one", scale=1.0),
+    },
+    "vqa": {
+        "closed_accuracy": RatioMetric("correct", "judged"),
+        "open_bertscore_f1": RatioMetric("f1", "open_scored"),
+    },
+}
+# Used when a summary has no metrics_info (the eval stage writes it; older runs may not).
+HIGHER_IS_BETTER: dict[str, dict[str, bool | None]] = {
+    "pope": {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None, "unknown_rate": False},
+    "chair": {"chair_s": False, "chair_i": False, "recall": True, "len": None},
+    "vqa": {"closed_accuracy": True, "open_bertscore_f1": True},
+}
+# Summary values equal to the recomputed ones within this tolerance (in displayed units: % or words).
+_TOLERANCE = 1e-6
+
+
+@dataclass
+class TrainingRun:
+    path: Path
+    model: str
+    """Display name (``Qwen3-VL-2B``)."""
+    model_name: str | None
+    """Registry name (``qwen2b``), for the commands that would produce missing cells."""
+    variant: str
+    """Preset name (``ma``)."""
+    variant_label: str
+    table: str | None
+    git_commit: str | None
+    created: str | None
+    config: dict[str, Any]
+
+
+@dataclass
+class EvalRun:
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    bench: str
+    model: str
+    model_name: str | None
+    model_ref: str
+    """What ``hallbench eval --model`` was given (registry name, folder or training run)."""
+    variant: str
+    """Preset name, or ``pretrained``."""
+    variant_label: str
+    table: str | None
+    """``table2``, ``ablation_injection``, ``ablation_loss``, or None (pretrained or unknown variant)."""
+    decoding: str
+    splits: list[str]
+    """The splits this run has numbers for (POPE: those with scored questions; others: ``all``)."""
+    training_path: Path | None
+    git_commit: str | None
+    created: str | None
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class RunSet:
+    root: Path
+    evals: list[EvalRun] = field(default_factory=list)
+    trainings: list[TrainingRun] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    """Folders that could not be read: left out of everything."""
+    excluded: list[Skipped] = field(default_factory=list)
+    """Readable runs kept out of the paper tables (pretrained models, unknown variants), with the reason."""
+    replaced: list[Skipped] = field(default_factory=list)
+    """Runs that lost a cell to a newer run under ``prefer="newest"``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """``(value, None)`` or ``(None, reason)`` for a missing, unreadable or corrupt JSON file."""
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"{path.name} cannot be read ({err})"
+    except json.JSONDecodeError as err:
+        return None, f"{path.name} is corrupt (not JSON: {err.msg} at line {err.lineno} column {err.colno})"
+
+
+def discover(runs: Path) -> RunSet:
+    """Every training and evaluation run under ``runs``, plus the folders that had to be skipped."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        raise HallbenchError(f"--runs {runs} is not a folder")
+    found = RunSet(root=runs)
+    for folder, dirnames, filenames in os.walk(runs):
+        dirnames.sort()  # deterministic order: the report must not depend on the file system's listing order
+        here = Path(folder)
+        names = set(filenames)
+        if "hallbench_config.json" in names:
+            _add_training(found, here)
+        if "config.json" in names:
+            _add_eval(found, here, names)
+    return found
+
+
+def _add_training(found: RunSet, folder: Path) -> None:
+    config, problem = _read_json(folder / "hallbench_config.json")
+    if problem is None and not (
+        isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("variant"), dict)
+    ):
+        problem = "hallbench_config.json has no 'model' and 'variant' objects"
+    if problem is None and not config["variant"].get("name"):
+        problem = "hallbench_config.json: variant.name is empty"
+    if problem is not None:
+        found.skipped.append(Skipped(folder, f"training run: {problem}"))
+        return
+    model, variant = config["model"], config["variant"]
+    found.trainings.append(
+        TrainingRun(
+            path=folder,
+            model=str(model.get("display_name") or model.get("name") or "?"),
+            model_name=model.get("name"),
+            variant=str(variant["name"]),
+            variant_label=str(variant.get("label") or _preset_label(variant["name"])),
+            table=variant.get("table") or _preset_table(variant["name"]),
+            git_commit=config.get("git_commit"),
+            created=config.get("created"),
+            config=config,
+        )
+    )
+
+
+def _preset_label(name: str) -> str:
+    from hallbench.train.presets import PRESETS
+
+    return PRESETS[name].label if name in PRESETS else name
+
+
+def _preset_table(name: str) -> str | None:
+    from hallbench.train.presets import PRESETS
+
+    return PRESETS[name].table if name in PRESETS else None
+
+
+def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
+    config, problem = _read_json(folder / "config.json")
+    if problem is not None:
+        # A corrupt config.json is only ours to report when the folder looks like an evaluation.
+        if names & {"summary.json", "predictions.jsonl"}:
+            found.skipped.append(Skipped(folder, f"evaluation run: {problem}"))
+        return
+    if not isinstance(config, dict) or not isinstance(config.get("eval"), dict):
+        return  # a model's config.json, or any other JSON: not an evaluation run
+    summary, problem = _read_json(folder / "summary.json")
+    if problem == "no summary.json":
+        problem = "no summary.json (the evaluation did not finish; re-run the same command to resume it)"
+    bench = config["eval"].get("bench")
+    if problem is None:
+        problem = _summary_problem(bench, summary)
+    if problem is not None:
+        found.skipped.append(Skipped(folder, f"evaluation run: {problem}"))
+        return
+    backend = config.get("backend") if isinstance(config.get("backend"), dict) else {}
+    training = backend.get("training_run") if isinstance(backend.get("training_run"), dict) else None
+    decoding = config["eval"].get("decoding")
+    decoding = decoding.get("decoding") if isinstance(decoding, dict) else summary.get("decoding")
+    if training is not None:
+        model = training.get("model") or {}
+        variant = training.get("variant") or {}
+        variant_name = str(variant.get("name") or "?")
+        run = EvalRun(
+            path=folder,
+            config=config,
+            summary=summary,
+            bench=bench,
+            model=str(model.get("display_name") or backend.get("display_name") or summary.get("model") or "?"),
+            model_name=model.get("name"),
+            model_ref=str(training.get("path") or config["eval"].get("model")),
+            variant=variant_name,
+            variant_label=str(variant.get("label") or _preset_label(variant_name)),
+            table=variant.get("table") or _preset_table(variant_name),
+            decoding=str(decoding or "greedy"),
+            splits=_splits(bench, summary),
+            training_path=Path(training["path"]) if training.get("path") else None,
+            git_commit=config.get("git_commit"),
+            created=config.get("created"),
+        )
+        if run.table not in PAPER_TABLES:
+            found.excluded.append(Skipped(folder, f"variant {variant_name!r} belongs to no paper table (table {run.table!r})"))
+    else:
+        run = EvalRun(
+            path=folder,
+            config=config,
+            summary=summary,
+            bench=bench,
+            model=str(backend.get("display_name") or summary.get("model") or config["eval"].get("model") or "?"),
+            model_name=config["eval"].get("model"),
+            model_ref=str(config["eval"].get("model")),
+            variant=PRETRAINED,
+            variant_label=PRETRAINED,
+            table=None,
+            decoding=str(decoding or "greedy"),
+            splits=_splits(bench, summary),
+            training_path=None,
+            git_commit=config.get("git_commit"),
+            created=config.get("created"),
+        )
+        found.excluded.append(
+            Skipped(
+                folder,
+                f"the evaluated model ({run.model_ref}) is not a hallbench training run (config.json has no backend.training_run): "
+                "shown in the decoding and pope_detail tables only",
+            )
+        )
+    found.evals.append(run)
+
+
+def _summary_problem(bench: object, summary: object) -> str | None:
+    """Why a summary cannot be used, or None."""
+    if bench not in METRICS:
+        return f"config.json names an unknown bench {bench!r} (expected one of {', '.join(METRICS)})"
+    if not isinstance(summary, dict):
+        return "summary.json is not a JSON object"
+    if bench == "pope":
+        splits = summary.get("splits")
+        if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+            return "summary.json has no 'splits' object (expected POPE metrics per split)"
+        for split, values in splits.items():
+            missing = [m for m in METRICS["pope"] if not isinstance(values.get(m), int | float)]
+            if missing:
+                return f"summary.json: splits.{split} lacks {', '.join(missing)}"
+    elif not isinstance(summary.get("metrics"), dict):
+        return f"summary.json has no 'metrics' object (expected the {bench} metrics)"
+    return None
+
+
+def _splits(bench: str, summary: dict) -> list[str]:
+    if bench == "pope":
+        return [s for s, values in summary["splits"].items() if values.get("n", 1) > 0]
+    return [ALL]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells: who claims what
+
+
+def cell_key(run: EvalRun, split: str) -> tuple[str, str, str, str, str]:
+    return (run.model, run.variant, run.bench, split, run.decoding)
+
+
+def resolve_claims(found: RunSet, prefer: str | None = None) -> dict[tuple[str, str, str, str, str], EvalRun]:
+    """The run that provides each cell; two claimants are an error unless ``prefer == "newest"``.
+
+    Newest is by the ``created`` time in ``config.json`` (ISO 8601, so string order is time order),
+    then by the modification time of ``summary.json``. A run that loses every cell it claimed is
+    recorded in ``found.replaced``.
+    """
+    if prefer not in (None, "newest"):
+        raise HallbenchError(f"unknown --prefer {prefer!r}; the only choice is 'newest'")
+    owner: dict[tuple[str, str, str, str, str], EvalRun] = {}
+    for run in found.evals:
+        for split in run.splits:
+            key = cell_key(run, split)
+            other = owner.get(key)
+            if other is None:
+                owner[key] = run
+                continue
+            if prefer is None:
+                model, variant, bench, split_name, decoding = key
+                where = f"{bench}" + (f" {split_name}" if split_name != ALL else "")
+                raise HallbenchError(
+                    f"two runs claim the same cell ({model} / {variant} / {where} / {decoding}): {other.path} and {run.path}; "
+                    "move one out of --runs, or pass --prefer newest"
+                )
+            owner[key] = max((other, run), key=_age)
+    kept = {id(r) for r in owner.values()}
+    found.replaced.extend(
+        Skipped(r.path, "every cell it claims comes from a newer run (--prefer newest)") for r in found.evals if id(r) not in kept
+    )
+    return owner
+
+
+def _age(run: EvalRun) -> tuple[str, float]:
+    summary = run.path / "summary.json"
+    return (run.created or "", summary.stat().st_mtime if summary.exists() else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample components
+
+
+def _read_records(path: Path) -> list[dict]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise HallbenchError(f"{path}, line {number}: not JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise HallbenchError(f"{path}, line {number}: expected a JSON object")
+            records.append(record)
+    return records
+
+
+def _scored(records: list[dict]) -> list[dict]:
+    # The benches leave records with an error out of every metric; so does the bootstrap.
+    return [r for r in records if r.get("error") in (None, "", False)]
+
+
+def _pope_table(records: list[dict], split: str) -> SampleTable:
+    rows = [r for r in _scored(records) if str(r.get("split")) == split]
+    label_yes = np.array([r["label"] == "yes" for r in rows], dtype=np.float64)
+    answered_yes = np.array([r["parsed"] == "yes" for r in rows], dtype=np.float64)
+    correct = np.array([r["parsed"] == r["label"] for r in rows], dtype=np.float64)
+    tp = label_yes * answered_yes
+    return SampleTable(
+        [f"{split}/{r['question_id']}" for r in rows],
+        {
+            "one": np.ones(len(rows)),
+            "correct": correct,
+            "tp": tp,
+            "tp2": 2 * tp,
+            "answered_yes": answered_yes,
+            "label_yes": label_yes,
+            "yes_total": answered_yes + label_yes,
+            "unknown": np.array([r["parsed"] == "unknown" for r in rows], dtype=np.float64),
+        },
+    )
+
+
+def _chair_table(records: list[dict]) -> SampleTable:
+    rows = _scored(records)
+    return SampleTable(
+        [str(r.get("image_id", r.get("id"))) for r in rows],
+        {
+            "one": np.ones(len(rows)),
+            "hallucinated_caption": np.array([1.0 if r["hallucinated"] else 0.0 for r in rows]),
+            "hallucinated_mentions": np.array([len(r["hallucinated"]) for r in rows], dtype=np.float64),
+            "mentions": np.array([len(r["mentioned"]) for r in rows], dtype=np.float64),
+            "recalled": np.array([len(r["recalled_objects"]) for r in rows], dtype=np.float64),
+            "ground_truth": np.array([len(r["ground_truth"]) for r in rows], dtype=np.float64),
+            "words": np.array([r["n_words"] for r in rows], dtype=np.float64),
+        },
+    )
+
+
+def _vqa_table(records: list[dict], require_marker: bool) -> SampleTable:
+    rows = _scored(records)
+    closed = [r.get("answer_type") == "CLOSED" for r in rows]
+    opened = [r.get("answer_type") == "OPEN" for r in rows]
+    # As VqaBenchmark.aggregate: closed accuracy over judged questions (a judge error is not counted);
+    # open F1 over scored answers, or over every open answer (unscored = 0) with --require-marker.
+    judged = [c and r.get("correct") is not None for c, r in zip(closed, rows, strict=True)]
+    scored_open = [o and "bertscore" in r for o, r in zip(opened, rows, strict=True)]
+    return SampleTable(
+        [str(r["id"]) for r in rows],
+        {
+            "correct": np.array([1.0 if j and r["correct"] else 0.0 for j, r in zip(judged, rows, strict=True)]),
+            "judged": np.array(judged, dtype=np.float64),
+            "f1": np.array([r["bertscore"]["f1"] if s else 0.0 for s, r in zip(scored_open, rows, strict=True)]),
+            "open_scored": np.array(opened if require_marker else scored_open, dtype=np.float64),
+        },
+    )
+
+
+def sample_table(run: EvalRun, records: list[dict], split: str) -> SampleTable:
+    """The per-sample components of ``run`` on ``split``, from its predictions.jsonl records."""
+    if run.bench == "pope":
+        return _pope_table(records, split)
+    if run.bench == "chair":
+        return _chair_table(records)
+    return _vqa_table(records, bool(run.summary.get("require_marker")))
+
+
+def summary_value(run: EvalRun, split: str, metric: str) -> float | None:
+    """The metric as the run's summary.json reports it, in displayed units (percent; Len in words)."""
+    values = run.summary["splits"][split] if run.bench == "pope" else run.summary["metrics"]
+    value = values.get(metric)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return float(value) * METRICS[run.bench][metric].scale
+
+
+def higher_is_better(run: EvalRun, metric: str) -> bool | None:
+    info = run.summary.get("metrics_info")
+    if isinstance(info, dict) and isinstance(info.get(metric), dict) and "higher_is_better" in info[metric]:
+        return info[metric]["higher_is_better"]
+    return HIGHER_IS_BETTER[run.bench][metric]
+
+
+def summary_n(run: EvalRun, split: str) -> int | None:
+    if run.bench == "pope":
+        return run.summary["splits"][split].get("n")
+    if run.bench == "chair":
+        return run.summary["metrics"].get("n")
+    return run.summary.get("n_samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# The long frame
+
+FRAME_COLUMNS = [
+    "run", "model", "variant", "variant_label", "table", "bench", "split", "decoding", "metric", "value", "n", "ci_low", "ci_high",
+    "higher_is_better", "base_run", "n_paired", "delta", "delta_low", "delta_high", "p_value", "significant", "git_commit", "created",
+]  # fmt: skip
+
+
+@dataclass
+class Collected:
+    frame: pd.DataFrame
+    """One row per (run, split, metric); see FRAME_COLUMNS."""
+    cells: dict[tuple[str, str, str, str, str], EvalRun]
+    warnings: list[Skipped]
+
+
+def build_frame(
+    found: RunSet,
+    cells: dict[tuple[str, str, str, str, str], EvalRun],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    relative: Callable[[Path], str] | None = None,
+) -> Collected:
+    """Values from each cell's summary.json, CIs and paired tests vs Base from its predictions.jsonl."""
+    relative = relative or (lambda p: str(p))
+    warnings: list[Skipped] = []
+    records: dict[int, list[dict] | None] = {}
+
+    def records_of(run: EvalRun) -> list[dict] | None:
+        if id(run) not in records:
+            path = run.path / "predictions.jsonl"
+            try:
+                records[id(run)] = _read_records(path) if path.is_file() else None
+                if records[id(run)] is None:
+                    warnings.append(Skipped(run.path, "no predictions.jsonl: values shown without confidence intervals"))
+            except HallbenchError as err:
+                records[id(run)] = None
+                warnings.append(Skipped(run.path, f"{err}: values shown without confidence intervals"))
+        return records[id(run)]
+
+    tables: dict[tuple, SampleTable | None] = {}
+
+    def table_of(key: tuple) -> SampleTable | None:
+        # The samples behind a cell, or None when they are unavailable or do not reproduce summary.json
+        # (then a CI would describe other numbers than those shown).
+        if key not in tables:
+            run = cells[key]
+            split = key[3]
+            recs = records_of(run)
+            table = None
+            if recs is not None:
+                try:
+                    table = sample_table(run, recs, split)
+                except (KeyError, TypeError, ValueError) as err:
+                    warnings.append(Skipped(run.path, f"predictions.jsonl lacks a per-sample field ({err!r}): no confidence intervals"))
+                if table is not None:
+                    for metric, spec in METRICS[run.bench].items():
+                        shown, recomputed = summary_value(run, split, metric), point(table, spec)
+                        same = (shown is None and np.isnan(recomputed)) or (shown is not None and abs(shown - recomputed) <= _TOLERANCE)
+                        if not same:
+                            warnings.append(
+                                Skipped(
+                                    run.path,
+                                    f"predictions.jsonl gives {metric} = {recomputed:.4f} on {split}, summary.json says {shown}: "
+                                    "no confidence intervals for this run (re-run the evaluation to re-score it)",
+                                )
+                            )
+                            table = None
+                            break
+            tables[key] = table
+        return tables[key]
+
+    rows = []
+    for key in sorted(cells, key=_cell_order):
+        run = cells[key]
+        model, variant, bench, split, decoding = key
+        metrics = METRICS[bench]
+        table = table_of(key)
+        name = "|".join(key)
+        cis = bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name)) if table is not None else {}
+        base_key = (model, "base", bench, split, decoding)
+        paired = {}
+        base_run = cells.get(base_key) if variant != "base" else None
+        if base_run is not None:
+            base_table = table_of(base_key)
+            if table is not None and base_table is not None:
+                paired = paired_test(table, base_table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "paired|" + name))
+        for metric in metrics:
+            ci = cis.get(metric)
+            test = paired.get(metric)
+            rows.append(
+                {
+                    "run": relative(run.path),
+                    "model": model,
+                    "variant": variant,
+                    "variant_label": run.variant_label,
+                    "table": run.table,
+                    "bench": bench,
+                    "split": split,
+                    "decoding": decoding,
+                    "metric": metric,
+                    "value": summary_value(run, split, metric),
+                    "n": summary_n(run, split),
+                    "ci_low": ci.low if ci else None,
+                    "ci_high": ci.high if ci else None,
+                    "higher_is_better": higher_is_better(run, metric),
+                    "base_run": relative(base_run.path) if base_run is not None else None,
+                    "n_paired": test.n_paired if test else None,
+                    "delta": test.delta if test else None,
+                    "delta_low": test.low if test else None,
+                    "delta_high": test.high if test else None,
+                    "p_value": test.p_value if test else None,
+                    "significant": test.significant if test else None,
+                    "git_commit": run.git_commit,
+                    "created": run.created,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    return Collected(frame=frame, cells=cells, warnings=_dedupe(warnings))
+
+
+def _dedupe(items: list[Skipped]) -> list[Skipped]:
+    seen, out = set(), []
+    for item in items:
+        if (item.path, item.reason) not in seen:
+            seen.add((item.path, item.reason))
+            out.append(item)
+    return out
+
+
+def _cell_order(key: tuple[str, str, str, str, str]) -> tuple:
+    model, variant, bench, split, decoding = key
+    return (model, variant_rank(variant), variant, bench, split_rank(split), DECODINGS.index(decoding) if decoding in DECODINGS else 9)
+
+
+def variant_rank(variant: str) -> int:
+    """Position of a variant in the paper's order (Table 2, then ablation 4.1, 4.3), pretrained and unknown last."""
+    from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
+
+    order = (*TABLE2, *ABLATION_INJECTION, *ABLATION_LOSS, PRETRAINED)
+    return order.index(variant) if variant in order else len(order)
+
+
+def split_rank(split: str) -> int:
+    return POPE_SPLITS.index(split) if split in POPE_SPLITS else len(POPE_SPLITS)
+
+
+def most_common(values: list[Any]) -> Any:
+    """The most frequent non-None value (first seen on ties), or None."""
+    counts = Counter(v for v in values if v is not None)
+    return max(counts, key=lambda v: (counts[v], -values.index(v))) if counts else None

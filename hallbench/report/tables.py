@@ -1,0 +1,420 @@
+"""The report's tables: one matrix per table, rendered to Markdown and to LaTeX (pandas Styler, booktabs).
+
+A :class:`Table` is a list of rows (model x variant, plus decoding or split where the table needs
+them) and columns (bench, split, metric); each cell is looked up in the long frame by its key
+``(model, variant, bench, split, decoding)``. Both renderings are produced from the same matrix of
+:class:`Cell` objects, so the Markdown and the LaTeX of a table cannot disagree.
+
+Cell text: ``86.2 ± 1.1`` is the value and half the width of its 95% bootstrap interval (the exact,
+possibly asymmetric, bounds are in ``results.csv``); ``†`` marks a significant difference from Base
+of the same model; ``–`` is a missing cell (listed under the table with the command that would
+produce it); ``n/a`` is a cell whose run exists but whose metric is undefined (CHAIRi without any
+object mention). The best value of a column is bold within each group of rows (see
+``Table.group_levels``), comparing the values as displayed (one decimal), lower first for
+lower-is-better metrics (CHAIR), and not at all for neutral ones (yes ratio, caption length) or
+when the group has fewer than two values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from hallbench.report.collect import ALL, DECODINGS, HIGHER_IS_BETTER, POPE_SPLITS, PRETRAINED, RunSet, most_common, variant_rank
+
+MISSING_MD = "–"
+MISSING_TEX = "--"
+UNDEFINED = "n/a"
+MARK = "†"
+DECODING_NAMES = {"sample": "Sampling", "greedy": "Greedy", "beam": "Beam"}
+BENCH_NAMES = {"pope": "POPE", "chair": "CHAIR", "vqa": "VQA"}
+PAPER_DECODING = "greedy"
+"""Table 2 and the ablations use greedy decoding; other decodings appear in ``decoding`` and ``pope_detail``."""
+
+
+@dataclass(frozen=True)
+class Column:
+    bench: str
+    split: str
+    metric: str
+    group: str
+    """Upper header (``POPE random``)."""
+    label: str
+    """Lower header (``Acc``)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    labels: tuple[str, ...]
+    model: str
+    variant: str
+    decoding: str
+    split: str | None = None
+    """Overrides the columns' split (``pope_detail`` has one row per split)."""
+
+
+@dataclass
+class Cell:
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    significant: bool | None = None
+    missing: bool = True
+    bold: bool = False
+
+
+@dataclass
+class Missing:
+    row: Row
+    bench: str
+    splits: list[str]
+    metrics: list[str]
+    commands: list[str]
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    index_names: list[str]
+    group_levels: int
+    """Rows sharing their first ``group_levels`` labels are compared with each other for bold."""
+    columns: list[Column]
+    rows: list[Row]
+    cells: list[list[Cell]] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    runs: list[Path] = field(default_factory=list)
+    """Evaluation runs that provided at least one cell."""
+    notes: list[str] = field(default_factory=list)
+
+    def matrix(self, what: str = "value") -> pd.DataFrame:
+        """The cells' ``value`` (or ``ci_low``, ``ci_high``, ``significant``, ``bold``, ``missing``) as a DataFrame."""
+        index = pd.MultiIndex.from_tuples([r.labels for r in self.rows], names=self.index_names)
+        columns = pd.MultiIndex.from_tuples([(c.group, c.label) for c in self.columns])
+        return pd.DataFrame([[getattr(cell, what) for cell in row] for row in self.cells], index=index, columns=columns, dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def _pope_columns(metrics: tuple[tuple[str, str], ...]) -> list[Column]:
+    return [Column("pope", split, metric, f"POPE {split}", label) for split in POPE_SPLITS for metric, label in metrics]
+
+
+CHAIR_COLUMNS = [Column("chair", ALL, "chair_s", "CHAIR", "CHAIRs"), Column("chair", ALL, "chair_i", "CHAIR", "CHAIRi")]
+VQA_COLUMNS = [
+    Column("vqa", ALL, "closed_accuracy", "VQA", "Closed Acc"),
+    Column("vqa", ALL, "open_bertscore_f1", "VQA", "Open BERTScore-F1"),
+]
+DECODING_COLUMNS = [
+    Column("chair", ALL, "chair_s", "CHAIR", "CHAIRs"),
+    Column("chair", ALL, "chair_i", "CHAIR", "CHAIRi"),
+    Column("chair", ALL, "recall", "CHAIR", "Recall"),
+    Column("chair", ALL, "len", "CHAIR", "Len"),
+]
+POPE_DETAIL_COLUMNS = [
+    Column("pope", "", metric, "POPE", label)
+    for metric, label in (
+        ("accuracy", "Accuracy"),
+        ("precision", "Precision"),
+        ("recall", "Recall"),
+        ("f1", "F1"),
+        ("yes_ratio", "Yes Ratio"),
+        ("unknown_rate", "Unknown"),
+    )
+]
+
+
+class Builder:
+    """Builds every table from the long frame and the run set (which knows the training runs)."""
+
+    def __init__(self, frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int):
+        self.frame = frame
+        self.found = found
+        self.cells = cells
+        self.n_resamples = n_resamples
+        self.seed = seed
+        self.by_key = {(r.model, r.variant, r.bench, r.split, r.decoding, r.metric): r for r in frame.itertuples(index=False)}
+        self.labels: dict[str, str] = {}
+        for run in [*found.trainings, *found.evals]:
+            self.labels.setdefault(run.variant, run.variant_label)
+        self.training_of: dict[tuple[str, str], Path] = {}
+        for training in found.trainings:
+            self.training_of.setdefault((training.model, training.variant), training.path)
+        for run in found.evals:
+            if run.training_path is not None:
+                self.training_of.setdefault((run.model, run.variant), run.training_path)
+        self.model_names = {}
+        for run in [*found.trainings, *found.evals]:
+            if run.model_name and run.variant != PRETRAINED:
+                self.model_names.setdefault(run.model, run.model_name)
+
+    def label(self, variant: str) -> str:
+        if variant in self.labels:
+            return self.labels[variant]
+        from hallbench.train.presets import PRESETS
+
+        return PRESETS[variant].label if variant in PRESETS else variant
+
+    def _models(self, table: str) -> list[str]:
+        models = {t.model for t in self.found.trainings if t.table == table}
+        models |= {r.model for r in self.found.evals if r.table == table}
+        if not models:
+            # Nothing of this table was run yet: show it for every trained model, so that its
+            # missing-cell list says how to produce it.
+            models = {t.model for t in self.found.trainings} | {r.model for r in self.found.evals if r.variant != PRETRAINED}
+        return sorted(models)
+
+    def _has(self, bench: str, table: str | None = None) -> bool:
+        return any(r.bench == bench and (table is None or r.table == table) for r in self.cells.values())
+
+    def paper_table(self, name: str, title: str, variants: tuple[str, ...]) -> Table:
+        columns = _pope_columns((("accuracy", "Acc"), ("f1", "F1"))) + CHAIR_COLUMNS
+        if self._has("vqa", name):  # "where present": VQA columns only once some run of this table has VQA numbers
+            columns += VQA_COLUMNS
+        rows = [Row((model, self.label(v)), model, v, PAPER_DECODING) for model in self._models(name) for v in variants]
+        return self._fill(Table(name, title, ["Model", "Variant"], 1, columns, rows))
+
+    def decoding_table(self) -> Table:
+        pairs = sorted({(m, v) for (m, v, b, _s, _d) in self.cells if b == "chair"}, key=lambda p: (p[0], variant_rank(p[1]), p[1]))
+        rows = [Row((m, self.label(v), DECODING_NAMES[d]), m, v, d) for m, v in pairs for d in DECODINGS]
+        return self._fill(Table("decoding", "CHAIR by decoding strategy", ["Model", "Variant", "Decoding"], 2, DECODING_COLUMNS, rows))
+
+    def pope_detail_table(self) -> Table:
+        triples = {(m, v, d) for (m, v, b, _s, d) in self.cells if b == "pope"}
+        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], DECODINGS.index(t[2]) if t[2] in DECODINGS else 9))
+        rows = [Row((s, m, self.label(v), DECODING_NAMES.get(d, d)), m, v, d, split=s) for s in POPE_SPLITS for m, v, d in order]
+        return self._fill(Table("pope_detail", "POPE per split", ["Split", "Model", "Variant", "Decoding"], 2, POPE_DETAIL_COLUMNS, rows))
+
+    # -- cells ---------------------------------------------------------------------------------
+
+    def _fill(self, table: Table) -> Table:
+        runs: dict[Path, None] = {}
+        for row in table.rows:
+            cells = []
+            for column in table.columns:
+                split = row.split if row.split is not None else column.split
+                entry = self.by_key.get((row.model, row.variant, column.bench, split, row.decoding, column.metric))
+                if entry is None:
+                    cells.append(Cell())
+                    continue
+                runs[self.cells[(row.model, row.variant, column.bench, split, row.decoding)].path] = None
+                cells.append(
+                    Cell(
+                        value=_num(entry.value),
+                        ci_low=_num(entry.ci_low),
+                        ci_high=_num(entry.ci_high),
+                        significant=None if _num(entry.significant) is None else bool(entry.significant),
+                        missing=False,
+                    )
+                )
+            table.cells.append(cells)
+        table.runs = list(runs)
+        self._bold(table)
+        table.missing = self._missing(table)
+        bases = {(r.model, r.decoding) for r in table.rows}
+        no_base = sorted(
+            m
+            for m, d in bases
+            if not any(k[0] == m and k[1] == "base" and k[4] == d for k in self.cells)
+            and any(k[0] == m and k[4] == d and k[1] != "base" for k in self.cells)
+        )
+        if no_base:
+            table.notes.append(f"No Base run for {', '.join(no_base)}: significance not tested there.")
+        return table
+
+    def _bold(self, table: Table) -> None:
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(table.rows):
+            groups.setdefault(row.labels[: table.group_levels], []).append(i)
+        for j, column in enumerate(table.columns):
+            hib = self._higher_is_better(column)
+            if hib is None:
+                continue
+            for members in groups.values():
+                shown = {i: round(table.cells[i][j].value, 1) for i in members if table.cells[i][j].value is not None}
+                if len(shown) < 2:
+                    continue
+                best = max(shown.values()) if hib else min(shown.values())
+                for i, value in shown.items():
+                    table.cells[i][j].bold = value == best
+
+    def _higher_is_better(self, column: Column) -> bool | None:
+        rows = self.frame[(self.frame.bench == column.bench) & (self.frame.metric == column.metric)]
+        values = {v for v in rows.higher_is_better if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(values) == 1:
+            return bool(values.pop())
+        return HIGHER_IS_BETTER[column.bench][column.metric]
+
+    # -- missing cells -------------------------------------------------------------------------
+
+    def _missing(self, table: Table) -> list[Missing]:
+        result = []
+        for row, cells in zip(table.rows, table.cells, strict=True):
+            by_bench: dict[str, tuple[list[str], list[str]]] = {}
+            for column, cell in zip(table.columns, cells, strict=True):
+                if cell.missing:
+                    split = row.split if row.split is not None else column.split
+                    splits, labels = by_bench.setdefault(column.bench, ([], []))
+                    if split not in splits:
+                        splits.append(split)
+                    if column.label not in labels:
+                        labels.append(column.label)
+            for bench, (splits, labels) in by_bench.items():
+                result.append(Missing(row, bench, splits, labels, self.commands(row, bench, splits)))
+        return result
+
+    def commands(self, row: Row, bench: str, splits: list[str]) -> list[str]:
+        """The commands that would produce the missing cells of ``row`` on ``bench``."""
+        commands = []
+        root = self.found.root
+        training = self.training_of.get((row.model, row.variant))
+        if row.variant == PRETRAINED:
+            model_ref = (
+                most_common([r.model_ref for r in self.found.evals if r.model == row.model and r.variant == PRETRAINED]) or "<model>"
+            )
+        elif training is not None:
+            model_ref = str(training)
+        else:
+            output_root = most_common([str(t.path.parent) for t in self.found.trainings]) or "<output root>"
+            model_name = self.model_names.get(row.model, "<model>")
+            commands.append(
+                f"hallbench train --model {shlex.quote(model_name)} --variant {shlex.quote(row.variant)} "
+                f"--data <train.json> --images <image folder> --output-root {shlex.quote(output_root)}"
+            )
+            model_ref = str(Path(output_root) / f"output_model_{row.model}_{self.label(row.variant)}")
+        same_bench = [r for r in self.found.evals if r.bench == bench]
+        data = most_common([r.config["eval"].get("data") for r in same_bench]) or f"<{BENCH_NAMES[bench]} data>"
+        images = most_common([r.config["eval"].get("images") for r in same_bench])
+        full = bench == "pope" and set(splits) == set(POPE_SPLITS)
+        for split in [ALL] if (full or bench != "pope") else splits:
+            parts = ["hallbench eval", f"--bench {bench}", f"--model {shlex.quote(model_ref)}", f"--data {shlex.quote(str(data))}"]
+            if images:
+                parts.append(f"--images {shlex.quote(str(images))}")
+            if bench == "pope" and split != ALL:
+                parts.append(f"--split {split}")
+            if row.decoding != "greedy":
+                parts.append(f"--decoding {row.decoding}")
+            if bench == "vqa":
+                parts.append("--judge-base-url <judge endpoint>")
+            name = "_".join(_slug(p) for p in (row.model, self.label(row.variant), bench, "" if split == ALL else split, row.decoding) if p)
+            parts.append(f"--out {shlex.quote(str(root / 'eval' / name))}")
+            commands.append(" ".join(parts))
+        return commands
+
+
+def _num(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None if value is None else float(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
+
+
+def build_tables(frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int) -> dict[str, Table]:
+    """All five tables, in the order the index lists them."""
+    from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
+
+    builder = Builder(frame, found, cells, n_resamples=n_resamples, seed=seed)
+    return {
+        "table2": builder.paper_table("table2", "Table 2: Base, +M, +M+A and Ours", TABLE2),
+        "ablation_injection": builder.paper_table(
+            "ablation_injection", "Ablation 4.1: injection position and operator", ABLATION_INJECTION
+        ),
+        "ablation_loss": builder.paper_table("ablation_loss", "Ablation 4.3: loss components", ABLATION_LOSS),
+        "decoding": builder.decoding_table(),
+        "pope_detail": builder.pope_detail_table(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def cell_text(cell: Cell, *, latex: bool) -> str:
+    """``86.2 ± 1.1†`` (Markdown) or ``86.2 $\\pm$ 1.1$^{\\dagger}$`` (LaTeX); bold is added by the renderer."""
+    if cell.missing:
+        return MISSING_TEX if latex else MISSING_MD
+    if cell.value is None:
+        return UNDEFINED
+    text = f"{cell.value:.1f}"
+    if cell.ci_low is not None and cell.ci_high is not None:
+        half = (cell.ci_high - cell.ci_low) / 2
+        text += (r" $\pm$ " if latex else " ± ") + f"{half:.1f}"
+    return text
+
+
+def _mark(cell: Cell, latex: bool) -> str:
+    return (r"$^{\dagger}$" if latex else MARK) if cell.significant else ""
+
+
+def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
+    lines = [
+        f"Values in % (Len: words). ± is half the width of the 95% bootstrap percentile interval over questions/captions "
+        f"({n_resamples} resamples, seed {seed}); exact bounds in results.csv.",
+        "Bold: best in its column among rows of the same "
+        + ("model and variant" if table.name == "decoding" else "split and model" if table.name == "pope_detail" else "model")
+        + " (CHAIRs, CHAIRi and the unknown rate: lower is better; Yes Ratio and Len: not ranked).",
+        f"{MARK}: differs from Base of the same model (same bench, split and decoding) by a paired bootstrap over shared sample ids: "
+        "the 95% interval of the difference excludes 0.",
+        f"{MISSING_MD}: no run provides the cell (see the list below); {UNDEFINED}: the run exists but the metric is undefined.",
+    ]
+    if table.name in ("table2", "ablation_injection", "ablation_loss"):
+        lines.insert(0, "Greedy decoding.")
+    return lines + table.notes
+
+
+def _escape_md(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub-flavoured pipe table (pandas' to_markdown needs tabulate, which hallbench does not depend on)."""
+    header = [*table.index_names, *(f"{c.group} {c.label}" if c.group not in ("", c.label) else c.label for c in table.columns)]
+    align = [":--"] * len(table.index_names) + ["--:"] * len(table.columns)
+    lines = ["| " + " | ".join(_escape_md(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    for row, cells in zip(table.rows, table.cells, strict=True):
+        texts = []
+        for cell in cells:
+            text = cell_text(cell, latex=False)
+            texts.append((f"**{text}**" if cell.bold else text) + _mark(cell, False))
+        lines.append("| " + " | ".join(_escape_md(t) for t in [*row.labels, *texts]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``tabular`` from pandas' Styler: labels escaped, ``$...$`` kept as math, bold via ``\\bfseries``."""
+    n_labels = len(table.index_names)
+    label_columns = [("", name) for name in table.index_names]
+    data_columns = [(c.group, c.label) for c in table.columns]
+    rows = []
+    previous: tuple[str, ...] | None = None
+    for row, cells in zip(table.rows, table.cells, strict=True):
+        labels = list(row.labels)
+        if previous is not None and previous[0] == labels[0]:
+            labels[0] = ""  # the first label is printed once per block of rows, as papers do
+        previous = row.labels
+        rows.append([*labels, *(cell_text(c, latex=True) + _mark(c, True) for c in cells)])
+    columns = pd.MultiIndex.from_tuples([*label_columns, *data_columns])
+    frame = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    bold = pd.DataFrame(
+        [[""] * n_labels + ["font-weight: bold;" if c.bold else "" for c in cells] for cells in table.cells], columns=columns
+    )
+    styler = frame.style.hide(axis="index")
+    styler = styler.format(escape="latex", subset=label_columns).format(escape="latex-math", subset=data_columns)
+    styler = styler.format_index(escape="latex", axis=1)
+    if rows:
+        styler = styler.apply(lambda _: bold, axis=None)
+    return styler.to_latex(hrules=True, convert_css=True, multicol_align="c", column_format="l" * n_labels + "r" * len(table.columns))

@@ -1,0 +1,332 @@
+"""``hallbench train``: one run (:func:`run_train`) or a matrix of runs (:func:`run_matrix`).
+
+A run folder is self-describing:
+
+    OUTPUT_ROOT/output_model_<model display name>_<variant label>/
+      hallbench_config.json   model, variant, every method flag, training settings, data path + sha256, versions
+      train_log.jsonl         one line per logging step: loss, ce, l_orth, l_ctr, learning rate, grad norm
+      checkpoint-N/           one per epoch (the last two kept), for --resume
+      config.json, model.safetensors, processor files   the trained model (save_pretrained; loadable alone)
+      evidence.safetensors    the evidence modules (absent for Base)
+      train_summary.json      written last: its presence means the run finished
+
+Re-running a finished run's command is a no-op (``skipped``); a folder holding a run with other
+settings is an error, so that one folder never mixes two experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hallbench.errors import HallbenchError
+from hallbench.models.loading import RUN_CONFIG_FILE
+from hallbench.provenance import provenance, sha256_file, write_json_atomic
+from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
+from hallbench.train.presets import get_preset
+
+SUMMARY_FILE = "train_summary.json"
+RUN_FORMAT = "hallbench-run/1"
+PAPER_MODELS = ("qwen2b", "qwen4b", "ministral3b")
+# Settings that may differ between a run and its continuation without changing the experiment.
+NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed")
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    status: str
+    """``trained`` or ``skipped`` (already finished with the same settings)."""
+    summary: dict[str, Any]
+    model: Any = None
+    """The trained model in memory (``trained`` runs only; LoRA adapters merged)."""
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    """``output_dir``, or OUTPUT_ROOT/output_model_<display name>_<label> as in the seed's scripts."""
+    if cfg.output_dir is not None:
+        return Path(cfg.output_dir)
+    from hallbench.models.registry import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(cfg.model)
+    display = spec.display_name if spec else Path(cfg.model).name
+    return Path(cfg.output_root) / f"output_model_{display}_{get_preset(cfg.variant).folder_label}"
+
+
+def deepspeed_config_path(value: str | None) -> str | None:
+    """``zero2``/``zero3`` -> the JSON shipped in ``hallbench/train/deepspeed/``; a path is checked and returned."""
+    if value is None:
+        return None
+    if value in DEEPSPEED_PRESETS:
+        return str(resources.files("hallbench.train") / "deepspeed" / f"{value}.json")
+    path = Path(value)
+    if not path.is_file():
+        raise HallbenchError(f"--deepspeed {value}: not zero2, zero3 or an existing JSON file")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HallbenchError(f"--deepspeed {path} is not valid JSON: {err}") from None
+    return str(path)
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    values = cfg.to_dict()
+    for key in NON_IDENTITY:
+        values.pop(key, None)
+    values["variant"] = cfg.preset_name
+    return values
+
+
+def _check_existing(folder: Path, cfg: TrainConfig) -> str:
+    """``new``, ``finished`` or ``unfinished``; a run with other settings is an error."""
+    config_path = folder / RUN_CONFIG_FILE
+    if not config_path.is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise HallbenchError(f"{folder} exists and is not a hallbench run; choose another --output-root or --output-dir")
+        return "new"
+    try:
+        previous = json.loads(config_path.read_text(encoding="utf-8"))["identity"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise HallbenchError(f"{config_path} is corrupt ({err}); move the folder away or choose another --output-dir") from None
+    identity = json.loads(json.dumps(_identity(cfg)))
+    changed = [k for k in sorted(set(identity) | set(previous)) if identity.get(k) != previous.get(k)]
+    if changed:
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+        raise HallbenchError(f"{folder} holds a run with other settings ({details}); choose another --output-dir")
+    return "finished" if (folder / SUMMARY_FILE).is_file() else "unfinished"
+
+
+def _precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _freeze(model: Any, family: Any, cfg: TrainConfig) -> Any:
+    """Vision tower (and projector) frozen unless tune_vision; LoRA on the language model if lora_rank > 0."""
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        # Only the language model's linear layers: the evidence modules' q/k projections are trained in full.
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+            lora_dropout=0.05,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        )
+        model = get_peft_model(model, lora)
+        inner = model.get_base_model()
+    else:
+        inner = model
+    vision = [family.vision_tower(inner)]
+    projector = getattr(inner.model, "multi_modal_projector", None)
+    if projector is not None:
+        vision.append(projector)
+    for module in vision:
+        module.requires_grad_(cfg.tune_vision)
+    if hasattr(inner, "evidence"):
+        inner.evidence.requires_grad_(True)
+    return model
+
+
+def _training_arguments(cfg: TrainConfig, folder: Path, precision: str) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    use_cpu = not torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=str(folder),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        save_strategy="epoch",
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        deepspeed=deepspeed_config_path(cfg.deepspeed),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=use_cpu,
+        disable_tqdm=False,
+    )
+    kwargs.update(cfg.training_args)
+    try:
+        return TrainingArguments(**kwargs)
+    except TypeError as err:
+        valid = sorted(TrainingArguments.__dataclass_fields__)
+        raise HallbenchError(f"--set: {err}; valid TrainingArguments include: {', '.join(valid[:60])}...") from None
+    except ValueError as err:
+        raise HallbenchError(f"invalid TrainingArguments: {err}") from None
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train one variant of one model into its run folder (resuming or skipping as the folder says)."""
+    import torch
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from hallbench.models.loading import load_model
+    from hallbench.train.data import Collator, ConversationDataset
+    from hallbench.train.evidence import attach_evidence
+    from hallbench.train.trainer import TRAIN_LOG_FILE, EvidenceTrainer, JsonlLogCallback
+
+    folder = run_folder(cfg)
+    state = _check_existing(folder, cfg)
+    if state == "finished":
+        return TrainResult(folder, "skipped", json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8")))
+    if state == "unfinished" and not cfg.resume:
+        raise HallbenchError(f"{folder} holds an unfinished run with the same settings; add --resume to continue it")
+    preset = get_preset(cfg.variant)
+    evidence_cfg = cfg.evidence
+    precision = _precision(cfg)
+
+    set_seed(cfg.seed)
+    loaded = load_model(cfg.model, dtype="float32", device="cpu", seed=cfg.tiny_seed)
+    model, processor, family = loaded.model, loaded.processor, loaded.family
+    dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length)
+    torch.manual_seed(cfg.seed)  # evidence initialisation does not depend on what loading consumed
+    evidence = attach_evidence(model, family, evidence_cfg)
+    model.train()
+    model = _freeze(model, family, cfg)
+    args = _training_arguments(cfg, folder, precision)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    config_path = folder / RUN_CONFIG_FILE
+    created = json.loads(config_path.read_text(encoding="utf-8")).get("created") if config_path.is_file() else None
+    run_config = {
+        "format": RUN_FORMAT,
+        "model": {
+            "name": cfg.model,
+            "display_name": loaded.display_name,
+            "family": family.name,
+            "path": str(loaded.resolved.path) if loaded.resolved.path else None,
+            "source": loaded.resolved.source,
+        },
+        "variant": {"name": preset.name, "label": preset.label, "table": preset.table},
+        "evidence": cfg.to_dict()["evidence"],
+        "train": cfg.to_dict(),
+        "identity": _identity(cfg),
+        "precision": precision,
+        "data": {
+            "train": str(cfg.data),
+            "train_sha256": sha256_file(cfg.data),
+            "images": str(cfg.images),
+            "n_samples": len(dataset),
+        },
+        "parameters": {
+            "total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "evidence": sum(p.numel() for p in evidence.modules.parameters()) if evidence else 0,
+        },
+        **provenance(),
+    }
+    if created:
+        run_config["created"] = created
+    if _is_main_process():
+        write_json_atomic(config_path, run_config)
+
+    pad_id = processor.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = processor.tokenizer.eos_token_id
+    trainer = EvidenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(pad_id),
+        processing_class=processor,
+        callbacks=[JsonlLogCallback(folder / TRAIN_LOG_FILE)],
+        evidence=evidence,
+        evidence_cfg=evidence_cfg,
+    )
+    if not progress:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+    checkpoint = get_last_checkpoint(str(folder)) if cfg.resume else None
+    if checkpoint is not None:
+        trainer.load_contrastive_queue(checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+
+    if cfg.lora_rank:
+        trained = _save_merged(trainer, folder, processor, evidence_cfg)
+    else:
+        trainer.save_model(str(folder))
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+    summary = {
+        "finished": True,
+        "global_step": output.global_step,
+        "train_loss": output.training_loss,
+        "metrics": output.metrics,
+        "resumed_from": checkpoint,
+        "last_log": _last_log(folder / TRAIN_LOG_FILE),
+    }
+    if _is_main_process():
+        write_json_atomic(folder / SUMMARY_FILE, summary)
+    return TrainResult(folder, "trained", summary, trained)
+
+
+def _save_merged(trainer: Any, folder: Path, processor: Any, evidence_cfg: Any) -> Any:
+    """LoRA: merge the adapters into the weights so that the run folder is a plain model + evidence."""
+    from hallbench.train.trainer import save_evidence, split_evidence_state
+
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    if trainer.args.should_save:
+        own, evidence_state = split_evidence_state(merged.state_dict())
+        merged.save_pretrained(str(folder), state_dict=own)
+        processor.save_pretrained(str(folder))
+        if evidence_state:
+            save_evidence(evidence_state, folder)
+    return merged
+
+
+def _last_log(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def expand_models(text: str) -> list[str]:
+    """``qwen2b``, ``tiny-qwen,tiny-ministral``, ``all`` (the paper's three) -> model names in order."""
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        for name in PAPER_MODELS if part.lower() == "all" else (part,):
+            if name and name not in names:
+                names.append(name)
+    if not names:
+        raise HallbenchError("--model is empty")
+    return names
+
+
+def run_matrix(
+    cfg: TrainConfig, models: list[str], variants: list[str], *, progress: bool = True, on_result: Any = None
+) -> list[TrainResult]:
+    """Every model x variant in sequence; finished runs are skipped, unfinished ones resumed."""
+    if cfg.output_dir is not None and len(models) * len(variants) > 1:
+        raise HallbenchError("--output-dir names one run folder; with several models or variants use --output-root")
+    # Every config is built (and so validated) before the first run starts.
+    several = len(models) * len(variants) > 1
+    configs = [replace(cfg, model=m, variant=v, resume=cfg.resume or several) for m in models for v in variants]
+    results = []
+    for one in configs:
+        result = run_train(one, progress=progress)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

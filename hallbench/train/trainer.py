@@ -1,0 +1,213 @@
+"""``EvidenceTrainer``: the Hugging Face Trainer with the method's loss, logging and saving.
+
+It overrides only what it must:
+- ``compute_loss``: token-level CE on the answers + lambda_orth * L_orth + lambda_ctr * L_ctr; a
+  non-finite total stops the run before the backward pass (so no weight is touched by it) with the
+  step and every term in the message;
+- ``log``: adds the window means of ``ce``, ``l_orth`` and ``l_ctr`` to the Trainer's own logs;
+- ``_save`` / ``_load_from_checkpoint``: the evidence modules live in ``evidence.safetensors`` beside
+  the model, whose own weights file stays loadable by plain ``from_pretrained``.
+
+The CE is the mean over the micro-batch's answer tokens, and the Trainer divides it by the
+gradient-accumulation steps (``model_accepts_loss_kwargs = False``): one definition whatever the
+model's forward signature says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from hallbench.errors import HallbenchError
+from hallbench.train.data import IGNORE_INDEX
+from hallbench.train.evidence import ContrastiveLoss, EvidenceConfig, EvidenceModel, orthogonality_loss
+
+EVIDENCE_FILE = "evidence.safetensors"
+TRAIN_LOG_FILE = "train_log.jsonl"
+_EVIDENCE_KEY = re.compile(r"(?:^|\.)evidence\.(.+)$")
+
+
+class NonFiniteLossError(HallbenchError):
+    """The loss became NaN or infinite; the run stopped before applying it."""
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unreduced next-token CE (B, T-1); 0 where the target is ``IGNORE_INDEX``."""
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(targets.shape)
+
+
+def split_evidence_state(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the model's own weights, the evidence modules' weights keyed as in ``model.evidence``)."""
+    own, evidence = {}, {}
+    for key, value in state_dict.items():
+        match = _EVIDENCE_KEY.search(key)
+        if match:
+            evidence[match.group(1)] = value
+        else:
+            own[key] = value
+    return own, evidence
+
+
+def save_evidence(evidence_state: dict[str, torch.Tensor], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in evidence_state.items()}
+    save_file(tensors, str(Path(folder) / EVIDENCE_FILE), metadata={"format": "pt", "hallbench": "evidence-modules"})
+
+
+def load_evidence(evidence: EvidenceModel, folder: Path) -> None:
+    """Load ``evidence.safetensors`` into the attached modules; every key must match exactly."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / EVIDENCE_FILE
+    if not path.is_file():
+        raise HallbenchError(f"{path} is missing: the run's evidence modules cannot be restored")
+    state = load_file(str(path))
+    reference = next(evidence.modules.parameters())
+    result = evidence.modules.load_state_dict({k: v.to(reference.dtype) for k, v in state.items()}, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise HallbenchError(
+            f"{path} does not match the run's evidence settings: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+class EvidenceTrainer(Trainer):
+    def __init__(self, *args: Any, evidence: EvidenceModel | None, evidence_cfg: EvidenceConfig, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.evidence = evidence
+        self.evidence_cfg = evidence_cfg
+        self.contrastive = ContrastiveLoss(evidence_cfg.tau, evidence_cfg.ctr_queue) if evidence_cfg.lambda_ctr else None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        labels = inputs.pop("labels")
+        cfg = self.evidence_cfg
+        needs_aux = self.evidence is not None and (cfg.lambda_orth > 0 or cfg.lambda_ctr > 0)
+        if self.evidence is not None:
+            self.evidence.state.collect_aux = needs_aux
+        outputs = model(**inputs)
+        per_token = token_cross_entropy(outputs.logits, labels)
+        n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+        ce = per_token.sum() / n_tokens.clamp(min=1)
+        terms = {"ce": ce}
+        total = ce
+        if needs_aux:
+            assert self.evidence is not None
+            state = self.evidence.state
+            if cfg.lambda_orth > 0:
+                terms["l_orth"] = orthogonality_loss(state.aux)
+                total = total + cfg.lambda_orth * terms["l_orth"]
+            if cfg.lambda_ctr > 0:
+                assert self.contrastive is not None
+                terms["l_ctr"] = self.contrastive(self.evidence, labels != IGNORE_INDEX)
+                total = total + cfg.lambda_ctr * terms["l_ctr"]
+            state.aux = {}  # the aux tensors are in the graph already; drop the extra references
+        if not torch.isfinite(total):
+            values = ", ".join(f"{name}={float(value):.6g}" for name, value in terms.items())
+            raise NonFiniteLossError(
+                f"the loss became non-finite at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}): "
+                f"total={float(total):.6g}, {values}; stopped before the update. "
+                f"Checkpoints saved before it in {self.args.output_dir} are intact; lower the learning rate or the lambdas and resume."
+            )
+        for name, value in terms.items():
+            self._sums[name] = self._sums.get(name, torch.zeros((), device=value.device)) + value.detach().float()
+        self._count += 1
+        return (total, outputs) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._count:
+            for name in ("ce", "l_orth", "l_ctr"):
+                if name in self._sums:
+                    mean = self._sums[name] / self._count
+                    logs[name] = float(self.accelerator.reduce(mean, reduction="mean"))
+                else:
+                    logs[name] = None
+            self._sums, self._count = {}, 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.evidence is None:
+            return super()._save(output_dir, state_dict)
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        own, evidence_state = split_evidence_state(state_dict)
+        super()._save(output_dir, own)
+        if self.args.should_save:
+            save_evidence(evidence_state, Path(output_dir))
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.contrastive is not None and self.contrastive.queue:
+            # The L_ctr negatives queue is training state like the optimizer's: without it a resumed
+            # run would see other negatives than the uninterrupted one. One file per rank (own batches).
+            from safetensors.torch import save_file
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            queue = {k: v.detach().to("cpu").contiguous() for k, v in self.contrastive.queue.items()}
+            save_file({str(k): v for k, v in queue.items()}, str(folder / f"ctr_queue.rank{self.args.process_index}.safetensors"))
+
+    def load_contrastive_queue(self, checkpoint: str | Path) -> None:
+        """Restore the L_ctr queue saved with ``checkpoint`` (called before ``train(resume_from_checkpoint=...)``)."""
+        path = Path(checkpoint) / f"ctr_queue.rank{self.args.process_index}.safetensors"
+        if self.contrastive is None or not path.is_file():
+            return
+        from safetensors.torch import load_file
+
+        self.contrastive.queue = {int(k): v for k, v in load_file(str(path)).items()}
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        # The evidence keys are absent from model.safetensors by design (they are loaded next, from
+        # evidence.safetensors, strictly): not worth a warning.
+        missing = [k for k in load_result.missing_keys if not _EVIDENCE_KEY.search(k)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing) if hasattr(load_result, "_replace") else load_result)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.evidence is not None:
+            load_evidence(self.evidence, Path(resume_from_checkpoint))
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every training log (step, epoch, loss, ce, l_orth, l_ctr, lr, grad norm) to ``train_log.jsonl``.
+
+    On resume, lines after the checkpoint's step are dropped first: they will be logged again, and
+    one step must appear once.
+    """
+
+    KEYS = ("loss", "ce", "l_orth", "l_ctr", "learning_rate", "grad_norm")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+            if record.get("step", 0) <= state.global_step:
+                kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        record = {"step": state.global_step, "epoch": logs.get("epoch", state.epoch)}
+        record.update({k: logs.get(k) for k in self.KEYS})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,284 @@
+"""Training runs end to end on the tiny models: every preset, saving/reloading, resume, NaN stop, DeepSpeed, CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hallbench.cli import app
+from hallbench.errors import HallbenchError
+from hallbench.models import load_model
+from hallbench.train.config import TrainConfig, load_recipe
+from hallbench.train.data import Collator, ConversationDataset
+from hallbench.train.presets import PRESETS
+from hallbench.train.run import run_train
+from hallbench.train.trainer import NonFiniteLossError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small_data(shapes_dir, tmp_path_factory):
+    """16 conversations: 4 steps per epoch at batch 4."""
+    records = json.loads((shapes_dir / "train.json").read_text())[:16]
+    path = tmp_path_factory.mktemp("small") / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _config(tmp_path, shapes_dir, data, model="tiny-qwen", variant="ours", **kw):
+    kw.setdefault("training_args", {"max_steps": 2})
+    return TrainConfig(
+        model=model,
+        variant=variant,
+        data=data,
+        images=shapes_dir / "images",
+        output_root=tmp_path,
+        learning_rate=kw.pop("learning_rate", 1e-3),
+        logging_steps=1,
+        **kw,
+    )
+
+
+def _batch(shapes_dir, data, loaded):
+    dataset = ConversationDataset(data, shapes_dir / "images", loaded.processor, loaded.family, 512)
+    batch = Collator(loaded.processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    batch.pop("labels")
+    return batch
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+
+
+CASES = [("tiny-qwen", name) for name in PRESETS] + [("tiny-ministral", name) for name in ("base", "m", "ma", "ours")]
+
+
+@pytest.mark.parametrize(("model", "variant"), CASES)
+def test_every_preset_trains_logs_saves_and_reloads_exactly(tmp_path, shapes_dir, small_data, model, variant):
+    result = run_train(_config(tmp_path, shapes_dir, small_data, model, variant), progress=False)
+    preset = PRESETS[variant]
+    assert result.status == "trained"
+    assert result.path.name == f"output_model_{load_model(model).display_name}_{preset.folder_label}"
+    run = json.loads((result.path / "hallbench_config.json").read_text())
+    assert run["variant"] == {"name": variant, "label": preset.label, "table": preset.table}
+    assert run["evidence"]["inject_op"] == preset.evidence.inject_op
+    assert (result.path / "evidence.safetensors").is_file() == preset.evidence.enable_evidence
+    log = _log(result.path)
+    assert [r["step"] for r in log] == [1, 2]
+    for record in log:
+        assert record["ce"] > 0
+        assert (record["l_orth"] is not None) == (preset.evidence.lambda_orth > 0)
+        assert (record["l_ctr"] is not None) == (preset.evidence.lambda_ctr > 0)
+        terms = record["ce"] + preset.evidence.lambda_orth * (record["l_orth"] or 0) + preset.evidence.lambda_ctr * (record["l_ctr"] or 0)
+        assert record["loss"] == pytest.approx(terms, rel=1e-4)
+    reloaded = load_model(str(result.path), device="cpu")
+    assert reloaded.training_run["variant"]["name"] == variant
+    batch = _batch(shapes_dir, small_data, reloaded)
+    trained = result.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(**batch).logits, trained(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_base_is_bit_identical_to_plain_fine_tuning(tmp_path, shapes_dir, small_data):
+    """Position ``none`` adds no module and no hook: the run equals a plain Trainer run with the model's own loss."""
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    result = run_train(_config(tmp_path / "hb", shapes_dir, small_data, variant="base", training_args={"max_steps": 3}), progress=False)
+    set_seed(42)
+    plain = load_model("tiny-qwen", dtype="float32", device="cpu")
+    dataset = ConversationDataset(small_data, shapes_dir / "images", plain.processor, plain.family, 4096)
+    plain.model.model.visual.requires_grad_(False)
+    plain.model.train()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "plain"), learning_rate=1e-3, max_steps=3, per_device_train_batch_size=4, seed=42, data_seed=42,
+        remove_unused_columns=False, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True,
+    )  # fmt: skip
+    Trainer(model=plain.model, args=args, train_dataset=dataset, data_collator=Collator(plain.processor.tokenizer.pad_token_id)).train()
+    ours, theirs = result.model.state_dict(), plain.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_rerun_skips_and_other_settings_are_refused(tmp_path, shapes_dir, small_data):
+    cfg = _config(tmp_path, shapes_dir, small_data, variant="m", training_args={"max_steps": 1})
+    assert run_train(cfg, progress=False).status == "trained"
+    assert run_train(cfg, progress=False).status == "skipped"
+    with pytest.raises(HallbenchError, match=r"holds a run with other settings \(learning_rate: 0\.001 -> 0\.002\)"):
+        run_train(replace(cfg, learning_rate=2e-3), progress=False)
+
+
+def _crash_at(monkeypatch, step: int):
+    from hallbench.train import trainer as trainer_module
+
+    original = trainer_module.EvidenceTrainer.compute_loss
+
+    def crashing(self, *args, **kwargs):
+        if self.state.global_step + 1 == step:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", crashing)
+
+
+def test_resume_continues_with_the_same_data_order_and_result(tmp_path, shapes_dir, small_data, monkeypatch):
+    cfg = _config(tmp_path / "a", shapes_dir, small_data, num_train_epochs=2, training_args={})
+    straight = run_train(cfg, progress=False)
+    interrupted = replace(cfg, output_root=tmp_path / "b")
+    _crash_at(monkeypatch, 6)  # epoch 1 (steps 1-4) is checkpointed; the crash is in epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        run_train(interrupted, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(HallbenchError, match="unfinished run with the same settings; add --resume"):
+        run_train(interrupted, progress=False)
+    resumed = run_train(replace(interrupted, resume=True), progress=False)
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4")
+    assert [r["step"] for r in _log(resumed.path)] == list(range(1, 9))
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert [r["ce"] for r in _log(resumed.path)] == pytest.approx([r["ce"] for r in _log(straight.path)], rel=1e-5)
+
+
+def test_non_finite_loss_stops_naming_step_and_terms_and_keeps_checkpoints(tmp_path, shapes_dir, small_data, monkeypatch):
+    from hallbench.train import trainer as trainer_module
+
+    calls = {"n": 0}
+    original = trainer_module.orthogonality_loss
+
+    def poisoned(aux):
+        calls["n"] += 1
+        return original(aux) * float("nan") if calls["n"] == 6 else original(aux)
+
+    monkeypatch.setattr(trainer_module, "orthogonality_loss", poisoned)
+    cfg = _config(tmp_path, shapes_dir, small_data, num_train_epochs=2, training_args={})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 6 \(epoch 1\.250\): total=nan, ce=[\d.]+, l_orth=nan, l_ctr=[\d.]+"):
+        run_train(cfg, progress=False)
+    folder = next(tmp_path.glob("output_model_*"))
+    assert (folder / "checkpoint-4" / "evidence.safetensors").is_file()
+    assert not (folder / "train_summary.json").exists()
+    assert load_model(str(folder / "checkpoint-4")).training_run["variant"]["name"] == "ours"
+
+
+def test_vision_tower_frozen_by_default_and_trained_with_tune_vision(tmp_path, shapes_dir, small_data):
+    initial = load_model("tiny-qwen").model.model.visual.state_dict()
+    frozen = run_train(_config(tmp_path / "a", shapes_dir, small_data, variant="base"), progress=False).model
+    tuned = run_train(_config(tmp_path / "b", shapes_dir, small_data, variant="base", tune_vision=True), progress=False).model
+    assert all(torch.equal(v, frozen.model.visual.state_dict()[k]) for k, v in initial.items())
+    assert any(not torch.equal(v, tuned.model.visual.state_dict()[k]) for k, v in initial.items())
+
+
+def test_lora_trains_adapters_and_evidence_and_saves_a_merged_model(tmp_path, shapes_dir, small_data):
+    result = run_train(_config(tmp_path, shapes_dir, small_data, lora_rank=4), progress=False)
+    run = json.loads((result.path / "hallbench_config.json").read_text())
+    evidence_params = run["parameters"]["evidence"]
+    assert 0 < run["parameters"]["trainable"] - evidence_params < run["parameters"]["total"] // 10
+    reloaded = load_model(str(result.path))
+    assert not any("lora" in k for k in reloaded.model.state_dict())
+    batch = _batch(shapes_dir, small_data, reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(**batch).logits, result.model.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, shapes_dir, small_data):
+    plain = run_train(_config(tmp_path / "a", shapes_dir, small_data), progress=False)
+    ckpt = run_train(_config(tmp_path / "b", shapes_dir, small_data, gradient_checkpointing=True), progress=False)
+    assert [r["loss"] for r in _log(ckpt.path)] == pytest.approx([r["loss"] for r in _log(plain.path)], rel=1e-5)
+
+
+def test_settings_errors(tmp_path, shapes_dir, small_data):
+    with pytest.raises(HallbenchError, match="inject_position 'none'"):
+        _config(tmp_path, shapes_dir, small_data, evidence_overrides={"inject_position": "none"})
+    with pytest.raises(HallbenchError, match="lambda_orth/lambda_ctr need evidence modules"):
+        _config(tmp_path, shapes_dir, small_data, variant="base", evidence_overrides={"lambda_ctr": 1.0})
+    with pytest.raises(HallbenchError, match="unknown evidence option"):
+        _config(tmp_path, shapes_dir, small_data, evidence_overrides={"lambda_typo": 1.0})
+    with pytest.raises(HallbenchError, match="--set learning_rate: set these with hallbench's own options"):
+        _config(tmp_path, shapes_dir, small_data, training_args={"learning_rate": 1.0})
+    with pytest.raises(HallbenchError, match="--set: .*no_such_argument"):
+        run_train(_config(tmp_path, shapes_dir, small_data, training_args={"no_such_argument": 1}), progress=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: tiny-qwen\nvariant: ours\nlearning_rat: 1e-4\n")
+    with pytest.raises(HallbenchError, match=r"r\.yaml: unknown key 'learning_rat'"):
+        load_recipe(recipe)
+
+
+def test_cli_done_when_command_trains_and_the_run_evaluates(tmp_path, shapes_dir):
+    """The issue's own command, then the run goes through `hallbench eval` like any model."""
+    from hallbench.data.pope_build import PopeBuildConfig, build_pope
+
+    args = ["train", "--model", "tiny-qwen", "--variant", "Ours", "--data", str(shapes_dir / "train.json"), "--output-root", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--set", "max_steps=20"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "output_model_Tiny-Qwen3-VL_Ours"
+    assert "trained" in result.output and (run / "train_summary.json").is_file()
+    assert len(_log(run)) == 10  # logging every 2 steps (the seed's default)
+    assert "skipped" in runner.invoke(app, [*args, "--set", "max_steps=20"]).output
+    pope = tmp_path / "pope"
+    build_pope(
+        shapes_dir / "annotations/instances_val.json", pope, PopeBuildConfig(n_images=2, per_image=1), images_dir=shapes_dir / "images"
+    )
+    out = tmp_path / "eval"
+    evaluated = runner.invoke(
+        app, ["eval", "--bench", "pope", "--model", str(run), "--data", str(pope), "--split", "random", "--out", str(out)]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["backend"]["training_run"]["variant"] == {"name": "ours", "label": "Ours", "table": "table2"}
+    assert json.loads((out / "summary.json").read_text())["pooled"]["n"] == 4
+
+
+def test_cli_matrix_and_recipe(tmp_path, shapes_dir, small_data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data: {small_data}\nimages: {shapes_dir / 'images'}\nlearning_rate: 0.01\nset: {{max_steps: 1}}\n")
+    args = [
+        "train",
+        "--config",
+        str(recipe),
+        "--model",
+        "tiny-qwen,tiny-ministral",
+        "--variant",
+        "base,+M",
+        "--output-root",
+        str(tmp_path / "runs"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert folders == [f"output_model_{m}_{v}" for m in ("Tiny-Ministral-3", "Tiny-Qwen3-VL") for v in ("+M", "Base")]
+    run = json.loads((tmp_path / "runs" / "output_model_Tiny-Qwen3-VL_+M" / "hallbench_config.json").read_text())
+    assert run["train"]["learning_rate"] == 0.01  # from the recipe
+    again = runner.invoke(app, args)
+    assert again.output.count("skipped") == 4, again.output
+    bad = runner.invoke(app, [*args[:5], "--variant", "base", "--lambda-ctr", "1"])
+    assert bad.exit_code == 1 and "lambda_orth/lambda_ctr need evidence modules" in bad.output
+
+
+def test_zero2_on_cpu_with_two_ranks(tmp_path, shapes_dir, small_data):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [
+        str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "hallbench",
+        "train", "--model", "tiny-qwen", "--variant", "ours", "--data", str(small_data), "--images", str(shapes_dir / "images"),
+        "--output-dir", str(tmp_path / "run"), "--deepspeed", "zero2", "--learning-rate", "1e-3", "--batch-size", "2",
+        "--logging-steps", "1", "--set", "max_steps=3",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "train_summary.json").read_text())["global_step"] == 3
+    assert (run / "checkpoint-3" / "global_step3").is_dir()  # a DeepSpeed checkpoint, sharded across the 2 ranks
+    log = _log(run)
+    assert [r["step"] for r in log] == [1, 2, 3] and all(r["l_ctr"] is not None for r in log)
+    assert load_model(str(run)).training_run["variant"]["name"] == "ours"
