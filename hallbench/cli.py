@@ -34,9 +34,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 MODEL_NAMES = ", ".join(MODEL_REGISTRY)
-# Commands whose stage is not built yet accept any arguments, so that they can say so instead of
-# complaining about an option.
-_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 @contextmanager
@@ -63,17 +60,6 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, object]:
         except json.JSONDecodeError:
             result[key.strip().replace("-", "_")] = value
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Stages that later issues build. Each says so and exits non-zero.
-
-
-def _not_built(stage: str, issue: str) -> None:
-    from hallbench.errors import NotBuiltError
-
-    with user_errors():
-        raise NotBuiltError(f"`hallbench {stage}` is not built yet (tracked in {issue}); nothing was run.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,10 +208,39 @@ def report(
     console.print(f"wrote {len(result.files)} files to [bold]{escape(str(out))}[/]; start with {escape(str(result.index))}", soft_wrap=True)
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def demo(ctx: typer.Context) -> None:
-    """Run the whole study on the shapes world with tiny models, on a CPU, offline. (not built yet)"""
-    _not_built("demo", "the demo issue")
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything: shapes/, runs/, eval/, report/. Re-running resumes.")] = Path("demo"),
+    model: Annotated[str, typer.Option(help="tiny-qwen or tiny-ministral.")] = "tiny-qwen",
+    quick: Annotated[bool, typer.Option("--quick", help="A small world and a few steps: the whole pipeline in about a minute.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Also train and evaluate both ablations (8 more runs).")] = False,
+    judge_base_url: Annotated[
+        str | None, typer.Option(help="A real OpenAI-compatible judge for the VQA set (default: a local judge on 127.0.0.1).")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="The judge's model name (with --judge-base-url).")] = "local",
+    seed: Annotated[int, typer.Option(help="Seed of the world, training and sampling.")] = 0,
+) -> None:
+    """Run the whole study on the shapes world with a tiny model, on a CPU, offline: train, evaluate, report."""
+    with user_errors():
+        from rich.table import Table
+
+        from hallbench.demo import DemoConfig, run_demo
+        from hallbench.report.tables import cell_plain
+
+        cfg = DemoConfig(out=out, model=model, quick=quick, full=full, judge_base_url=judge_base_url, judge_model=judge_model, seed=seed)
+        result = run_demo(cfg, say=console.print)
+        table2 = result.table2
+        shown = Table(title=table2.title, caption="greedy decoding; ± = half-width of the 95% bootstrap CI; † = differs from Base")
+        shown.add_column("Variant")
+        for column in table2.columns:
+            shown.add_column(f"{column.group}\n{column.label}".replace("POPE ", "POPE\n", 1), justify="right", min_width=11)
+        for row, cells in zip(table2.rows, table2.cells, strict=True):
+            shown.add_row(row.labels[-1], *[cell_plain(cell) for cell in cells])
+        console.print(shown)
+        total = sum(s.seconds for s in result.stages)
+        console.print(
+            f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {out / 'runs'}, evaluations {out / 'eval'}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,10 +39,6 @@ class ModelNotFoundError(HallbenchError, FileNotFoundError):
     """A model name or path could not be resolved to weights on this machine."""
 
 
-class NotBuiltError(HallbenchError, NotImplementedError):
-    """A command whose stage has not been built yet; the CLI exits non-zero with this message."""
-
-
 def shorten(value: object, limit: int = 80) -> str:
     """A repr of ``value`` cut to ``limit`` characters, for 'found ...' parts of messages."""
     text = repr(value)

@@ -10,6 +10,7 @@ import torch
 from hallbench.errors import HallbenchError
 from hallbench.models import MODEL_REGISTRY, chat_inputs, get_family
 from hallbench.train.evidence import ContrastiveLoss, EvidenceConfig, EvidenceInjector, attach_evidence, info_nce, orthogonality_loss
+from hallbench.train.presets import PRESETS
 
 CONFIGS = {
     "+M": EvidenceConfig(True, "first_layer_input", "add", False, "candidate"),
@@ -20,6 +21,8 @@ CONFIGS = {
     "all-add": EvidenceConfig(True, "per_layer", "add", False, "candidate"),
     "all-add-aligned": EvidenceConfig(True, "per_layer", "add", False, "aligned"),
     "ours-no-gate": EvidenceConfig(True, "per_layer", "ours", False, "aligned"),
+    # Every preset with evidence modules, by name (the lambdas do not change the modules).
+    **{f"preset-{name}": preset.evidence for name, preset in PRESETS.items() if preset.evidence.enable_evidence},
 }
 
 

@@ -166,6 +166,13 @@ def make_backend(cfg: EvalConfig) -> Any:
     return HFBackend(cfg.model, cfg.decoding, device=device, dtype=cfg.dtype)
 
 
+def _previous_config(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def _check_resume(out: Path, identity: dict[str, Any]) -> None:
     path = out / "config.json"
     if not path.is_file():
@@ -196,10 +203,12 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
     backend = backend if backend is not None else make_backend(cfg)
     dist = DistInfo.from_env()
     if dist.rank == 0:
-        write_json_atomic(
-            cfg.out / "config.json",
-            {"eval": identity, "backend": backend.describe(), "data": bench.describe(), "n_samples": len(samples), **provenance()},
-        )
+        config = {"eval": identity, "backend": backend.describe(), "data": bench.describe(), "n_samples": len(samples), **provenance()}
+        previous = _previous_config(cfg.out)
+        if previous.get("created"):
+            # A resumed run keeps the date it was started; the report's provenance then does not change.
+            config["created"] = previous["created"]
+        write_json_atomic(cfg.out / "config.json", config)
     records = generate_predictions(
         samples, backend, cfg.decoding, cfg.out, bench.score, strict=cfg.strict, progress=progress, on_chunk=on_chunk
     )

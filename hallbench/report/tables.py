@@ -356,6 +356,11 @@ def cell_text(cell: Cell, *, latex: bool) -> str:
     return text
 
 
+def cell_plain(cell: Cell) -> str:
+    """``86.2 ± 1.1†`` without bold (for terminals)."""
+    return cell_text(cell, latex=False) + _mark(cell, False)
+
+
 def _mark(cell: Cell, latex: bool) -> str:
     return (r"$^{\dagger}$" if latex else MARK) if cell.significant else ""
 

@@ -77,6 +77,8 @@ class TrainConfig:
     """Continue an unfinished run from its last checkpoint (same data order)."""
     tiny_seed: int = 0
     """Tiny models only: seed of their random initial weights."""
+    tiny_size: dict[str, Any] = field(default_factory=dict)
+    """Tiny models only: ``TinySize`` fields to change (hidden_size, num_layers, image_size, ...)."""
     training_args: dict[str, Any] = field(default_factory=dict)
     """Other transformers TrainingArguments (``--set key=value``), e.g. warmup_ratio, max_steps, lr_scheduler_type."""
 
@@ -94,6 +96,11 @@ class TrainConfig:
             problems.append("LoRA with ZeRO-3 is not supported by hallbench; use --deepspeed zero2 (LoRA leaves little to shard)")
         if self.max_length < 8 or self.logging_steps < 1 or self.save_total_limit < 1:
             problems.append("max_length must be >= 8, logging_steps and save_total_limit >= 1")
+        from hallbench.models.tiny import TinySize
+
+        unknown_size = sorted(set(self.tiny_size) - {f.name for f in fields(TinySize)})
+        if unknown_size:
+            problems.append(f"unknown tiny_size field(s) {unknown_size}; valid: {[f.name for f in fields(TinySize)]}")
         owned = sorted(set(self.training_args) & OWNED_TRAINING_ARGS)
         if owned:
             problems.append(f"--set {', '.join(owned)}: set these with hallbench's own options (see hallbench train --help)")
@@ -150,13 +157,17 @@ def load_recipe(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise HallbenchError(f"{path}: expected a mapping of training options, found {type(raw).__name__}")
-    known = {f.name for f in fields(TrainConfig)} - {"evidence_overrides", "training_args"}
+    known = {f.name for f in fields(TrainConfig)} - {"evidence_overrides", "training_args", "tiny_size"}
     recipe: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "evidence":
             if not isinstance(value, dict):
                 raise HallbenchError(f"{path}: 'evidence' must be a mapping of method flags")
             recipe["evidence_overrides"] = value
+        elif key == "tiny_size":
+            if not isinstance(value, dict):
+                raise HallbenchError(f"{path}: 'tiny_size' must be a mapping of TinySize fields")
+            recipe["tiny_size"] = value
         elif key == "set":
             if not isinstance(value, dict):
                 raise HallbenchError(f"{path}: 'set' must be a mapping of TrainingArguments")
@@ -164,7 +175,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
         elif key in known:
             recipe[key] = value
         else:
-            raise HallbenchError(f"{path}: unknown key '{key}'; valid keys: {', '.join(sorted(known | {'evidence', 'set'}))}")
+            raise HallbenchError(f"{path}: unknown key '{key}'; valid keys: {', '.join(sorted(known | {'evidence', 'set', 'tiny_size'}))}")
     for key in ("data", "images", "output_root", "output_dir"):
         if recipe.get(key) is not None:
             recipe[key] = Path(recipe[key])
@@ -175,7 +186,7 @@ def merge_settings(recipe: dict[str, Any], flags: dict[str, Any]) -> dict[str, A
     """Flags given on the command line win over the recipe; mappings are merged key by key."""
     merged = dict(recipe)
     for key, value in flags.items():
-        if key in ("evidence_overrides", "training_args"):
+        if key in ("evidence_overrides", "training_args", "tiny_size"):
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value

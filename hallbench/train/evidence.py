@@ -153,9 +153,11 @@ class EvidenceInjector(nn.Module):
             nn.init.normal_(self.gate.weight, std=std)
             nn.init.zeros_(self.gate.bias)
 
-    def retrieve(self, h: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def retrieve(
+        self, h: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor, normed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries ``q`` (B, T, d_e) and the candidate ``c`` (B, T, d): attention of each position over its sample's visual tokens."""
-        q = self.q_proj(self.norm(h))
+        q = self.q_proj(self.norm(h) if normed is None else normed)
         k = self.k_proj(visual)
         scores = torch.einsum("btd,bnd->btn", q, k) / math.sqrt(self.cfg.evidence_dim)
         scores = scores.masked_fill(~visual_mask[:, None, :], torch.finfo(scores.dtype).min)
@@ -170,13 +172,14 @@ class EvidenceInjector(nn.Module):
     def forward(
         self, h: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor, text_mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
-        q, c = self.retrieve(h, visual, visual_mask)
+        normed = self.norm(h)  # shared by the query and the gate
+        q, c = self.retrieve(h, visual, visual_mask, normed)
         e = self.align_up(self.align_down(c)) if self.cfg.evidence_source == "aligned" else c
         u = None
         if self.cfg.inject_op == "concat":
             delta = self.concat_proj(torch.cat([h, e], dim=-1))
         elif self.cfg.inject_op == "ours" and self.cfg.use_utilization:
-            u = torch.sigmoid(self.gate(torch.cat([self.norm(h), e], dim=-1)))
+            u = torch.sigmoid(self.gate(torch.cat([normed, e], dim=-1)))
             delta = self.scale * u * e
         else:
             delta = self.scale * e
@@ -259,13 +262,14 @@ def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig) -> EvidenceMod
             else torch.ones_like(is_visual)
         )
         if is_visual.any():  # the prompt: (re)build the visual memory
-            n = int(is_visual.sum(-1).max())
+            # Sample b's k-th visual token goes to visual[b, k]; one scatter for the whole batch.
+            counts = is_visual.sum(-1)
+            n = int(counts.max())
+            rows, _ = is_visual.nonzero(as_tuple=True)
+            slots = (is_visual.cumsum(-1) - 1)[is_visual]
             visual = embeds.new_zeros(embeds.shape[0], n, embeds.shape[-1])
-            visual_mask = torch.zeros(embeds.shape[0], n, dtype=torch.bool, device=embeds.device)
-            for b in range(embeds.shape[0]):
-                rows = embeds[b][is_visual[b]]
-                visual[b, : rows.shape[0]] = rows
-                visual_mask[b, : rows.shape[0]] = True
+            visual = visual.index_put((rows, slots), embeds[is_visual])
+            visual_mask = torch.arange(n, device=embeds.device)[None, :] < counts[:, None]
             state.visual, state.visual_mask = visual, visual_mask
         state.text_mask = mask & ~is_visual
         state.aux = {}

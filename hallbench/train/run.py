@@ -197,7 +197,9 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     precision = _precision(cfg)
 
     set_seed(cfg.seed)
-    loaded = load_model(cfg.model, dtype="float32", device="cpu", seed=cfg.tiny_seed)
+    from hallbench.models.tiny import TinySize
+
+    loaded = load_model(cfg.model, dtype="float32", device="cpu", seed=cfg.tiny_seed, tiny_size=TinySize(**cfg.tiny_size))
     model, processor, family = loaded.model, loaded.processor, loaded.family
     dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length)
     torch.manual_seed(cfg.seed)  # evidence initialisation does not depend on what loading consumed

@@ -1,0 +1,244 @@
+"""Training step time and peak memory of every variant relative to ``base``: same model, batch and data.
+
+    python benchmarks/bench_train.py                                  # tiny-qwen on the CPU
+    python benchmarks/bench_train.py --model tiny-ministral
+    python benchmarks/bench_train.py --model qwen2b-shape --batch-size 4 --steps 20   # on a GPU: Qwen3-VL-2B dimensions, random weights
+
+Each variant runs in its own process (so that peak memory is its own) through the real training
+path: ``EvidenceTrainer`` with the AdamW optimizer, the collator and the shapes-world conversations
+(pre-tokenised, so that image decoding is not timed). Step time is the median over the measured
+steps after warm-up; the variants are run in interleaved rounds and the best median per variant
+kept, so that drift on a shared machine hits every variant alike. Peak memory is
+``torch.cuda.max_memory_allocated`` on a GPU; on the CPU it is the growth of the process's peak
+resident set over its size before the first step (so the Python/torch baseline does not dilute
+the ratios). Targets: ``ours`` <= 1.15x base step time and <= 1.10x base peak memory.
+Results: benchmarks/results/bench_train_<model>_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = {"ours": {"step_time": 1.15, "peak_memory": 1.10}}
+
+# Qwen/Qwen3-VL-2B-Instruct's dimensions (its config.json); weights are random, the tokenizer is the
+# tiny word-level one (its ids are valid in the 151,936-entry vocabulary).
+QWEN2B_TEXT = {
+    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+    "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+}  # fmt: skip
+QWEN2B_VISION = {
+    "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048, "patch_size": 16,
+    "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17],
+    "hidden_act": "gelu_pytorch_tanh",
+}  # fmt: skip
+
+
+def build(model_name: str, device: str):
+    """(model, processor, family) with random weights."""
+    import torch
+
+    from hallbench.models import build_tiny, get_family
+    from hallbench.models.tiny import TinySize
+
+    if model_name != "qwen2b-shape":
+        model, processor = build_tiny(model_name)
+        family = get_family("qwen3_vl" if "qwen" in model_name else "mistral3")
+        return model.to(device), processor, family
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    _, processor = build_tiny("tiny-qwen", TinySize(image_size=448))  # 448 px = 196 visual tokens per image
+    config = Qwen3VLConfig(
+        text_config={**QWEN2B_TEXT, "pad_token_id": processor.tokenizer.pad_token_id},
+        vision_config=QWEN2B_VISION,
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        vision_start_token_id=processor.vision_start_token_id,
+        vision_end_token_id=processor.vision_end_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3VLForConditionalGeneration(config)
+    return model, processor, get_family("qwen3_vl")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One variant: train warmup + steps steps, print a JSON line with the step times and peak memory."""
+    import torch
+    from transformers import TrainerCallback, TrainingArguments
+
+    from hallbench.data.shapes import ShapesConfig, generate_shapes
+    from hallbench.train.data import Collator, ConversationDataset
+    from hallbench.train.evidence import attach_evidence
+    from hallbench.train.presets import evidence_config
+    from hallbench.train.trainer import EvidenceTrainer
+
+    device = args.device
+    model, processor, family = build(args.model, device)
+    world = generate_shapes(ShapesConfig(seed=0, n_train=24, n_val=0), Path(tempfile.mkdtemp(prefix="bench_train_")))
+    dataset = ConversationDataset(world / "train.json", world / "images", processor, family, 4096)
+    encoded = [dataset[i] for i in range(min(len(dataset), 64))]
+    torch.manual_seed(0)
+    cfg = evidence_config(args.worker)
+    evidence = attach_evidence(model, family, cfg)
+    family.vision_tower(model).requires_grad_(False)
+    model.train()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def _sync(self) -> None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        def on_step_begin(self, *a, **k):
+            self._sync()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self._sync()
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    on_gpu = device.startswith("cuda")
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench_train_out_"), max_steps=args.warmup + args.steps, learning_rate=1e-5,
+        per_device_train_batch_size=args.batch_size, bf16=on_gpu and torch.cuda.is_bf16_supported(), save_strategy="no",
+        logging_steps=10**6, report_to=[], use_cpu=not on_gpu, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = EvidenceTrainer(
+        model=model, args=training_args, train_dataset=encoded, data_collator=Collator(processor.tokenizer.pad_token_id),
+        callbacks=[timer], evidence=evidence, evidence_cfg=cfg,
+    )  # fmt: skip
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _rss_mb()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    measured = timer.times[args.warmup :]
+    print(
+        json.dumps(
+            {
+                "variant": args.worker,
+                "step_time_s": statistics.median(measured),
+                "step_times_s": measured,
+                "peak_memory_mb": peak,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "evidence_parameters": sum(p.numel() for p in evidence.modules.parameters()) if evidence else 0,
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-qwen", help="tiny-qwen, tiny-ministral or qwen2b-shape (GPU)")
+    parser.add_argument("--variants", default="base,m,ma,ours")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30, help="measured steps per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best median per variant is kept")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.worker:
+        worker(args)
+        return
+
+    variants = [v.strip() for v in args.variants.split(",")]
+    if variants[0] != "base":
+        variants = ["base", *[v for v in variants if v != "base"]]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for round_ in range(args.rounds):
+        for variant in variants:
+            command = [sys.executable, __file__, *sys.argv[1:], "--worker", variant, "--device", args.device]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs[variant].append(result)
+            print(f"round {round_ + 1} {variant:>5}: {result['step_time_s'] * 1000:8.1f} ms/step  peak {result['peak_memory_mb']:8.1f} MB")
+
+    best = {v: min(rs, key=lambda r: r["step_time_s"]) for v, rs in runs.items()}
+    peak = {v: min(r["peak_memory_mb"] for r in rs) for v, rs in runs.items()}
+    base_time, base_peak = best["base"]["step_time_s"], peak["base"]
+    summary = {}
+    print(f"\n{'variant':>8} {'ms/step':>9} {'x base':>7} {'peak MB':>9} {'x base':>7}")
+    for v in variants:
+        time_ratio = best[v]["step_time_s"] / base_time
+        memory_ratio = peak[v] / base_peak
+        summary[v] = {
+            "step_time_s": best[v]["step_time_s"],
+            "step_time_ratio": time_ratio,
+            "peak_memory_mb": peak[v],
+            "peak_memory_ratio": memory_ratio,
+            "evidence_parameters": best[v]["evidence_parameters"],
+            "parameters": best[v]["parameters"],
+        }
+        print(f"{v:>8} {best[v]['step_time_s'] * 1000:9.1f} {time_ratio:7.3f} {peak[v]:9.1f} {memory_ratio:7.3f}")
+    checks = {
+        v: {
+            "step_time": summary[v]["step_time_ratio"] <= t["step_time"],
+            "peak_memory": summary[v]["peak_memory_ratio"] <= t["peak_memory"],
+        }
+        for v, t in TARGETS.items()
+        if v in summary
+    }
+    print(f"targets {TARGETS}: {checks}")
+    import torch
+
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench_train_{args.model}_{'gpu' if args.device.startswith('cuda') else 'cpu'}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": device_name,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "rounds": args.rounds,
+                "memory_measure": "cuda max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth during training",
+                "variants": summary,
+                "targets": TARGETS,
+                "meets_targets": checks,
+                "runs": runs,
+                "torch": torch.__version__,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

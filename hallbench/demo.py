@@ -1,0 +1,271 @@
+"""``hallbench demo``: the whole study on the shapes world with a tiny model, on a CPU, offline.
+
+Stages, each a call to the same functions the other commands use:
+
+1. the shapes world (``hallbench data shapes``) and its POPE splits (``hallbench data pope``);
+2. training Base, +M, +M+A and Ours (and both ablations with ``--full``) (``hallbench train``);
+3. for every trained run: POPE (random, popular, adversarial), CHAIR with greedy, sampling and beam
+   decoding, and the VQA set judged by a local OpenAI-compatible judge on 127.0.0.1 (or the
+   endpoint given) with BERTScore (``hallbench eval``);
+4. the report (``hallbench report``): Table 2, the decoding and POPE tables, plots, index.md.
+
+Everything lands in one folder and every stage resumes: a finished world, run or evaluation is
+reused, so an interrupted demo continues where it stopped. All seeds are fixed, so two demos give
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hallbench.errors import HallbenchError
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """World size, model size, schedule and evaluation sizes of one demo flavour."""
+
+    world: dict[str, Any]
+    """ShapesConfig overrides."""
+    tiny_size: dict[str, Any]
+    """TinySize overrides of the tiny model."""
+    train: dict[str, Any]
+    """TrainConfig fields (learning_rate, num_train_epochs, per_device_train_batch_size, ...)."""
+    training_args: dict[str, Any]
+    """Other TrainingArguments (scheduler, warm-up, max_steps)."""
+    pope_images: int
+    """Val images the POPE splits are built from (3 questions each, so 6 per image and split)."""
+    chair_images: int
+    """Val images captioned for CHAIR, per decoding."""
+    vqa_questions: int
+    """VQA questions evaluated."""
+    caption_tokens: int = 48
+    """max_new_tokens for CHAIR captions."""
+    eval_batch_size: int = 64
+
+
+DEFAULT = DemoProfile(
+    world={"n_train": 2000, "n_val": 400},
+    tiny_size={},
+    train={"learning_rate": 3e-4, "num_train_epochs": 3, "per_device_train_batch_size": 32, "tune_vision": True, "logging_steps": 10},
+    training_args={"lr_scheduler_type": "cosine", "warmup_ratio": 0.05},
+    pope_images=150,
+    chair_images=200,
+    vqa_questions=200,
+)
+QUICK = DemoProfile(
+    world={"n_train": 120, "n_val": 60},
+    tiny_size={},
+    train={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "tune_vision": True, "logging_steps": 5},
+    training_args={"max_steps": 15},
+    pope_images=12,
+    chair_images=16,
+    vqa_questions=16,
+    caption_tokens=24,
+)
+DECODINGS = ("greedy", "sample", "beam")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("demo")
+    """Everything goes here: shapes/, runs/, eval/, report/."""
+    model: str = "tiny-qwen"
+    """tiny-qwen or tiny-ministral."""
+    quick: bool = False
+    """A smaller world and a few training steps: the pipeline in about a minute (no real learning)."""
+    full: bool = False
+    """Also train and evaluate both ablations (8 more runs)."""
+    judge_base_url: str | None = None
+    """A real OpenAI-compatible judge for the VQA set (default: a local judge on 127.0.0.1 that the demo starts)."""
+    judge_model: str = "local"
+    """The judge's model name (with --judge-base-url)."""
+    seed: int = 0
+    """Seed of the world, the training and the sampling decoding."""
+
+    def __post_init__(self) -> None:
+        if self.model not in ("tiny-qwen", "tiny-ministral"):
+            raise HallbenchError(f"the demo runs on tiny-qwen or tiny-ministral, got '{self.model}' (use hallbench train/eval for others)")
+
+    @property
+    def profile(self) -> DemoProfile:
+        return QUICK if self.quick else DEFAULT
+
+
+@dataclass
+class StageTime:
+    name: str
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report_index: Path
+    table2_markdown: str
+    table2: Any
+    """The report's Table 2 (``hallbench.report.tables.Table``)."""
+    stages: list[StageTime] = field(default_factory=list)
+
+
+def _world(cfg: DemoConfig) -> Path:
+    """The shapes world and its POPE splits; reused when the folder already holds the same world."""
+    from hallbench.data.pope_build import PopeBuildConfig, build_pope
+    from hallbench.data.shapes import config_from_overrides, generate_shapes
+
+    world_cfg = config_from_overrides(**{**cfg.profile.world, "seed": cfg.seed})
+    folder = cfg.out / "shapes"
+    world_file = folder / "world.json"
+    wanted = json.loads(json.dumps(asdict(world_cfg)))
+    if not (world_file.is_file() and json.loads(world_file.read_text(encoding="utf-8")).get("config") == wanted):
+        generate_shapes(world_cfg, folder)
+    pope = folder / "pope"
+    if not (pope / "pope_build.json").is_file():
+        build_pope(
+            folder / "annotations" / "instances_val.json",
+            pope,
+            PopeBuildConfig(n_images=cfg.profile.pope_images, per_image=3, seed=cfg.seed),
+            images_dir=folder / "images",
+        )
+    return folder
+
+
+def _train(cfg: DemoConfig, world: Path, on_result: Callable[[Any], None]) -> list[Any]:
+    from hallbench.train.config import TrainConfig
+    from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
+    from hallbench.train.run import run_matrix
+
+    profile = cfg.profile
+    variants = list(TABLE2) + (list(ABLATION_INJECTION + ABLATION_LOSS) if cfg.full else [])
+    base = TrainConfig(
+        model=cfg.model,
+        variant=variants[0],
+        data=world / "train.json",
+        images=world / "images",
+        output_root=cfg.out / "runs",
+        precision="fp32",
+        seed=cfg.seed,
+        tiny_seed=cfg.seed,
+        tiny_size=profile.tiny_size,
+        training_args=profile.training_args,
+        **profile.train,
+    )
+    return run_matrix(base, [cfg.model], variants, progress=True, on_result=on_result)
+
+
+@contextmanager
+def _judge(cfg: DemoConfig) -> Iterator[tuple[str, str]]:
+    if cfg.judge_base_url:
+        yield cfg.judge_base_url, cfg.judge_model
+        return
+    from hallbench.eval.judge_server import start_judge_server
+
+    with start_judge_server() as server:
+        yield server.base_url, "local"
+
+
+def _evaluations(cfg: DemoConfig, world: Path, run: Path, judge: tuple[str, str]) -> list[Any]:
+    """The EvalConfigs of one trained run: POPE, CHAIR x 3 decodings, VQA."""
+    from hallbench.eval.engine import DecodingConfig
+    from hallbench.eval.run import EvalConfig
+
+    profile = cfg.profile
+    out = cfg.out / "eval" / run.name
+    batch = profile.eval_batch_size
+    configs = [
+        EvalConfig(
+            bench="pope",
+            out=out / "pope",
+            data=world / "pope",
+            model=str(run),
+            device="cpu",
+            decoding=DecodingConfig(max_new_tokens=4, batch_size=batch),
+        )
+    ]
+    for decoding in DECODINGS:
+        configs.append(
+            EvalConfig(
+                bench="chair",
+                out=out / f"chair-{decoding}",
+                data=world,
+                model=str(run),
+                device="cpu",
+                max_samples=profile.chair_images,
+                decoding=DecodingConfig(decoding=decoding, max_new_tokens=profile.caption_tokens, batch_size=batch, seed=cfg.seed),
+            )
+        )
+    configs.append(
+        EvalConfig(
+            bench="vqa",
+            out=out / "vqa",
+            data=world / "eval_vqa.json",
+            images=world / "images",
+            model=str(run),
+            device="cpu",
+            max_samples=profile.vqa_questions,
+            judge_base_url=judge[0],
+            judge_model=judge[1],
+            decoding=DecodingConfig(max_new_tokens=profile.caption_tokens, batch_size=batch),
+        )
+    )
+    return configs
+
+
+def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> DemoResult:
+    """Run (or resume) the whole demo in ``cfg.out``; ``say`` receives one line per stage event."""
+    from hallbench.eval.run import run_eval
+    from hallbench.report import run_report
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    stages: list[StageTime] = []
+
+    def timed(name: str, detail: str, start: float) -> None:
+        stages.append(StageTime(name, time.perf_counter() - start, detail))
+        say(f"[bold green]done[/] {name} in {stages[-1].seconds:.1f} s{f' ({detail})' if detail else ''}")
+
+    start = time.perf_counter()
+    say(f"[bold]1/4 world[/]: the shapes world and POPE splits in {cfg.out / 'shapes'}")
+    world = _world(cfg)
+    timed("world", f"{cfg.profile.world.get('n_train')} train / {cfg.profile.world.get('n_val')} val images", start)
+
+    start = time.perf_counter()
+    say(f"[bold]2/4 train[/]: {'12' if cfg.full else '4'} variants of {cfg.model} in {cfg.out / 'runs'}")
+
+    def trained(result: Any) -> None:
+        last = (result.summary or {}).get("last_log") or {}
+        terms = ", ".join(f"{k} {last[k]:.3f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
+        say(f"  {result.status} {result.path.name}" + (f" ({terms})" if terms else ""))
+
+    runs = _train(cfg, world, trained)
+    timed("train", f"{len(runs)} runs", start)
+
+    start = time.perf_counter()
+    say("[bold]3/4 evaluate[/]: POPE, CHAIR (greedy, sample, beam), VQA with the judge and BERTScore")
+    with _judge(cfg) as judge:
+        for result in runs:
+            for eval_cfg in _evaluations(cfg, world, result.path, judge):
+                label = eval_cfg.bench + ("" if eval_cfg.bench != "chair" else f" {eval_cfg.decoding.decoding}")
+                say(f"  {result.path.name}: {label}")
+                run_eval(eval_cfg, progress=True)
+    timed("evaluate", f"{len(runs) * 5} evaluations", start)
+
+    start = time.perf_counter()
+    say("[bold]4/4 report[/]")
+    report = run_report(cfg.out, cfg.out / "report", seed=cfg.seed)
+    timed("report", f"{len(report.files)} files", start)
+    table2 = (cfg.out / "report" / "table2.md").read_text(encoding="utf-8")
+    write_stage_times(cfg.out / "demo_times.json", stages)
+    return DemoResult(cfg.out, report.index, table2, report.tables["table2"], stages)
+
+
+def write_stage_times(path: Path, stages: list[StageTime]) -> None:
+    from hallbench.provenance import provenance, write_json_atomic
+
+    write_json_atomic(path, {"stages": [s.__dict__ for s in stages], "total_s": sum(s.seconds for s in stages), **provenance()})
