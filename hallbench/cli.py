@@ -76,7 +76,7 @@ _TRAIN_OPTIONS = {
     "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
     "max_length": "max_length", "precision": "precision", "save_total_limit": "save_total_limit", "logging_steps": "logging_steps",
     "seed": "seed", "tune_vision": "tune_vision", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
-    "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "resume": "resume",
+    "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "resume": "resume", "cache_data": "cache_data",
 }  # fmt: skip
 
 
@@ -99,7 +99,7 @@ def train(
         Path | None, typer.Option(help="YAML recipe (TrainConfig keys, 'evidence:' and 'set:' mappings); flags override it.")
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Other TrainingArguments as KEY=VALUE (e.g. max_steps=20, warmup_ratio=0.03).")
+        list[str] | None, typer.Option("--set", help="Other TrainingArguments as KEY=VALUE (e.g. max_steps=20, warmup_steps=0.03).")
     ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate [default: 1e-5].")] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs [default: 3].")] = None,
@@ -120,6 +120,7 @@ def train(
     ] = None,
     deepspeed: Annotated[str | None, typer.Option(help="zero2, zero3 (shipped configs) or a DeepSpeed JSON path.")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,
+    cache_data: Annotated[bool | None, typer.Option("--cache-data", help="Keep tokenised samples in memory after the first epoch.")] = None,
     enable_evidence: Annotated[
         bool | None, typer.Option("--enable-evidence/--no-enable-evidence", help="Method flag (set by the preset).")
     ] = None,
@@ -231,9 +232,9 @@ def demo(
         result = run_demo(cfg, say=console.print)
         table2 = result.table2
         shown = Table(title=table2.title, caption="greedy decoding; ± = half-width of the 95% bootstrap CI; † = differs from Base")
-        shown.add_column("Variant")
+        shown.add_column("Variant", no_wrap=True)
         for column in table2.columns:
-            shown.add_column(f"{column.group}\n{column.label}".replace("POPE ", "POPE\n", 1), justify="right", min_width=11)
+            shown.add_column(f"{column.group}\n{column.label}".replace("POPE ", "POPE\n", 1), justify="right")
         for row, cells in zip(table2.rows, table2.cells, strict=True):
             shown.add_row(row.labels[-1], *[cell_plain(cell) for cell in cells])
         console.print(shown)

@@ -1,17 +1,20 @@
 """``hallbench demo``: the whole study on the shapes world with a tiny model, on a CPU, offline.
 
-Stages, each a call to the same functions the other commands use:
+The real study fine-tunes a pretrained VLM (Qwen3-VL, Ministral-3) into Base, +M, +M+A and Ours.
+The demo does the same at small scale, each stage a call to the functions the commands use:
 
 1. the shapes world (``hallbench data shapes``) and its POPE splits (``hallbench data pope``);
-2. training Base, +M, +M+A and Ours (and both ablations with ``--full``) (``hallbench train``);
-3. for every trained run: POPE (random, popular, adversarial), CHAIR with greedy, sampling and beam
-   decoding, and the VQA set judged by a local OpenAI-compatible judge on 127.0.0.1 (or the
-   endpoint given) with BERTScore (``hallbench eval``);
-4. the report (``hallbench report``): Table 2, the decoding and POPE tables, plots, index.md.
+2. "pretraining": a tiny model learns to see the shapes world (a ``base`` run with a long schedule;
+   the stand-in for the pretrained checkpoint), saved in ``pretrained/``;
+3. fine-tuning Base, +M, +M+A and Ours (and both ablations with ``--full``) from that checkpoint
+   (``hallbench train``), in ``study/runs/``;
+4. for every fine-tuned run: POPE (random, popular, adversarial), CHAIR with greedy, sampling and
+   beam decoding, and the VQA set judged by a local OpenAI-compatible judge on 127.0.0.1 (or the
+   endpoint given) with BERTScore (``hallbench eval``), in ``study/eval/``;
+5. the report of ``study/`` (``hallbench report``): Table 2, decoding and POPE tables, plots.
 
-Everything lands in one folder and every stage resumes: a finished world, run or evaluation is
-reused, so an interrupted demo continues where it stopped. All seeds are fixed, so two demos give
-the same numbers.
+Every stage resumes: a finished world, run or evaluation is reused, so an interrupted demo continues
+where it stopped. All seeds are fixed, so two demos give the same numbers.
 """
 
 from __future__ import annotations
@@ -29,16 +32,20 @@ from hallbench.errors import HallbenchError
 
 @dataclass(frozen=True)
 class DemoProfile:
-    """World size, model size, schedule and evaluation sizes of one demo flavour."""
+    """World size, model size, schedules and evaluation sizes of one demo flavour."""
 
     world: dict[str, Any]
     """ShapesConfig overrides."""
     tiny_size: dict[str, Any]
     """TinySize overrides of the tiny model."""
+    pretrain: dict[str, Any]
+    """TrainConfig fields of the pretraining run (learning_rate, num_train_epochs, ...)."""
+    pretrain_args: dict[str, Any]
+    """Other TrainingArguments of the pretraining run (scheduler, warm-up, max_steps)."""
     train: dict[str, Any]
-    """TrainConfig fields (learning_rate, num_train_epochs, per_device_train_batch_size, ...)."""
+    """TrainConfig fields of the fine-tuning of each variant."""
     training_args: dict[str, Any]
-    """Other TrainingArguments (scheduler, warm-up, max_steps)."""
+    """Other TrainingArguments of the fine-tuning."""
     pope_images: int
     """Val images the POPE splits are built from (3 questions each, so 6 per image and split)."""
     chair_images: int
@@ -46,24 +53,28 @@ class DemoProfile:
     vqa_questions: int
     """VQA questions evaluated."""
     caption_tokens: int = 48
-    """max_new_tokens for CHAIR captions."""
+    """max_new_tokens for CHAIR captions and VQA answers."""
     eval_batch_size: int = 64
 
 
 DEFAULT = DemoProfile(
-    world={"n_train": 2000, "n_val": 400},
+    world={"n_train": 2000, "n_val": 400, "category_colour_prob": 0.9, "min_object_frac": 0.22, "max_object_frac": 0.4, "clutter": 1},
     tiny_size={},
-    train={"learning_rate": 3e-4, "num_train_epochs": 3, "per_device_train_batch_size": 32, "tune_vision": True, "logging_steps": 10},
-    training_args={"lr_scheduler_type": "cosine", "warmup_ratio": 0.05},
+    pretrain={"learning_rate": 3e-4, "num_train_epochs": 2, "per_device_train_batch_size": 32, "tune_vision": True, "logging_steps": 20},
+    pretrain_args={"lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_grad_norm": 1.0},
+    train={"learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 32, "logging_steps": 10},
+    training_args={"lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_steps": 60},
     pope_images=150,
     chair_images=200,
     vqa_questions=200,
 )
 QUICK = DemoProfile(
-    world={"n_train": 120, "n_val": 60},
+    world={"n_train": 120, "n_val": 60, "category_colour_prob": 0.9},
     tiny_size={},
-    train={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "tune_vision": True, "logging_steps": 5},
-    training_args={"max_steps": 15},
+    pretrain={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "tune_vision": True, "logging_steps": 5},
+    pretrain_args={"max_steps": 10},
+    train={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "logging_steps": 5},
+    training_args={"max_steps": 5},
     pope_images=12,
     chair_images=16,
     vqa_questions=16,
@@ -88,6 +99,8 @@ class DemoConfig:
     """The judge's model name (with --judge-base-url)."""
     seed: int = 0
     """Seed of the world, the training and the sampling decoding."""
+    profile_override: DemoProfile | None = None
+    """Python API only: a custom profile (world, sizes, schedules) instead of the default or quick one."""
 
     def __post_init__(self) -> None:
         if self.model not in ("tiny-qwen", "tiny-ministral"):
@@ -95,7 +108,13 @@ class DemoConfig:
 
     @property
     def profile(self) -> DemoProfile:
+        if self.profile_override is not None:
+            return self.profile_override
         return QUICK if self.quick else DEFAULT
+
+    @property
+    def study(self) -> Path:
+        return self.out / "study"
 
 
 @dataclass
@@ -137,7 +156,33 @@ def _world(cfg: DemoConfig) -> Path:
     return folder
 
 
-def _train(cfg: DemoConfig, world: Path, on_result: Callable[[Any], None]) -> list[Any]:
+def _common(cfg: DemoConfig, world: Path) -> dict[str, Any]:
+    return {
+        "data": world / "train.json",
+        "images": world / "images",
+        "precision": "fp32",
+        "seed": cfg.seed,
+        "tiny_seed": cfg.seed,
+        "tiny_size": cfg.profile.tiny_size,
+        "cache_data": True,
+    }
+
+
+def _pretrain(cfg: DemoConfig, world: Path) -> Any:
+    """The tiny model learns to see the shapes world: the demo's stand-in for a pretrained VLM."""
+    from hallbench.models.registry import MODEL_REGISTRY
+    from hallbench.train.config import TrainConfig
+    from hallbench.train.run import run_train
+
+    profile = cfg.profile
+    folder = cfg.out / "pretrained" / f"{MODEL_REGISTRY[cfg.model].display_name}-shapes"
+    pretrain = TrainConfig(
+        model=cfg.model, variant="base", output_dir=folder, training_args=profile.pretrain_args, **profile.pretrain, **_common(cfg, world)
+    )
+    return run_train(pretrain, progress=True)
+
+
+def _train(cfg: DemoConfig, world: Path, pretrained: Path, on_result: Callable[[Any], None]) -> list[Any]:
     from hallbench.train.config import TrainConfig
     from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
     from hallbench.train.run import run_matrix
@@ -145,19 +190,14 @@ def _train(cfg: DemoConfig, world: Path, on_result: Callable[[Any], None]) -> li
     profile = cfg.profile
     variants = list(TABLE2) + (list(ABLATION_INJECTION + ABLATION_LOSS) if cfg.full else [])
     base = TrainConfig(
-        model=cfg.model,
+        model=str(pretrained),
         variant=variants[0],
-        data=world / "train.json",
-        images=world / "images",
-        output_root=cfg.out / "runs",
-        precision="fp32",
-        seed=cfg.seed,
-        tiny_seed=cfg.seed,
-        tiny_size=profile.tiny_size,
+        output_root=cfg.study / "runs",
         training_args=profile.training_args,
         **profile.train,
+        **_common(cfg, world),
     )
-    return run_matrix(base, [cfg.model], variants, progress=True, on_result=on_result)
+    return run_matrix(base, [str(pretrained)], variants, progress=True, on_result=on_result)
 
 
 @contextmanager
@@ -177,7 +217,7 @@ def _evaluations(cfg: DemoConfig, world: Path, run: Path, judge: tuple[str, str]
     from hallbench.eval.run import EvalConfig
 
     profile = cfg.profile
-    out = cfg.out / "eval" / run.name
+    out = cfg.study / "eval" / run.name
     batch = profile.eval_batch_size
     configs = [
         EvalConfig(
@@ -231,23 +271,30 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> DemoResu
         say(f"[bold green]done[/] {name} in {stages[-1].seconds:.1f} s{f' ({detail})' if detail else ''}")
 
     start = time.perf_counter()
-    say(f"[bold]1/4 world[/]: the shapes world and POPE splits in {cfg.out / 'shapes'}")
+    say(f"[bold]1/5 world[/]: the shapes world and POPE splits in {cfg.out / 'shapes'}")
     world = _world(cfg)
     timed("world", f"{cfg.profile.world.get('n_train')} train / {cfg.profile.world.get('n_val')} val images", start)
 
     start = time.perf_counter()
-    say(f"[bold]2/4 train[/]: {'12' if cfg.full else '4'} variants of {cfg.model} in {cfg.out / 'runs'}")
+    say(f"[bold]2/5 pretrain[/]: {cfg.model} learns to see the shapes world (the stand-in for a pretrained VLM)")
+    pretrained = _pretrain(cfg, world)
+    last = (pretrained.summary or {}).get("last_log") or {}
+    timed("pretrain", f"{pretrained.status}, step {pretrained.summary.get('global_step')}, ce {last.get('ce', float('nan')):.3f}", start)
+
+    start = time.perf_counter()
+    variants = "Base, +M, +M+A, Ours" + (" and both ablations" if cfg.full else "")
+    say(f"[bold]3/5 fine-tune[/]: {variants} from {pretrained.path}")
 
     def trained(result: Any) -> None:
         last = (result.summary or {}).get("last_log") or {}
         terms = ", ".join(f"{k} {last[k]:.3f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
         say(f"  {result.status} {result.path.name}" + (f" ({terms})" if terms else ""))
 
-    runs = _train(cfg, world, trained)
-    timed("train", f"{len(runs)} runs", start)
+    runs = _train(cfg, world, pretrained.path, trained)
+    timed("fine-tune", f"{len(runs)} runs", start)
 
     start = time.perf_counter()
-    say("[bold]3/4 evaluate[/]: POPE, CHAIR (greedy, sample, beam), VQA with the judge and BERTScore")
+    say("[bold]4/5 evaluate[/]: POPE, CHAIR (greedy, sample, beam), VQA with the judge and BERTScore")
     with _judge(cfg) as judge:
         for result in runs:
             for eval_cfg in _evaluations(cfg, world, result.path, judge):
@@ -257,8 +304,8 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> DemoResu
     timed("evaluate", f"{len(runs) * 5} evaluations", start)
 
     start = time.perf_counter()
-    say("[bold]4/4 report[/]")
-    report = run_report(cfg.out, cfg.out / "report", seed=cfg.seed)
+    say("[bold]5/5 report[/]")
+    report = run_report(cfg.study, cfg.out / "report", seed=cfg.seed)
     timed("report", f"{len(report.files)} files", start)
     table2 = (cfg.out / "report" / "table2.md").read_text(encoding="utf-8")
     write_stage_times(cfg.out / "demo_times.json", stages)

@@ -19,11 +19,11 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Table 2: Base, +M, +M+A and Ours" in result.output and "demo finished" in result.output
 
-    runs = {json.loads(p.read_text())["variant"]["name"]: p.parent for p in (out / "runs").glob("*/hallbench_config.json")}
+    runs = {json.loads(p.read_text())["variant"]["name"]: p.parent for p in (out / "study" / "runs").glob("*/hallbench_config.json")}
     assert sorted(runs) == sorted(TABLE2)
     for name, run in runs.items():
         assert (run / "train_summary.json").is_file(), name
-        assert run.name == f"output_model_Tiny-Qwen3-VL_{PRESETS[name].folder_label}"
+        assert run.name == f"output_model_Tiny-Qwen3-VL-shapes_{PRESETS[name].folder_label}"
         log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
         assert log and all(r["ce"] > 0 for r in log)
         assert all((r["l_ctr"] is not None) == (name == "ours") for r in log)
@@ -49,7 +49,8 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     pope_acc = frame[(frame.bench == "pope") & (frame.metric == "accuracy")]
     assert len(pope_acc) >= 12 and pope_acc.value.between(0, 100).all()
     times = json.loads((out / "demo_times.json").read_text())
-    assert [s["name"] for s in times["stages"]] == ["world", "train", "evaluate", "report"]
+    assert [s["name"] for s in times["stages"]] == ["world", "pretrain", "fine-tune", "evaluate", "report"]
+    assert (out / "pretrained" / "Tiny-Qwen3-VL-shapes" / "train_summary.json").is_file()
 
     first_table = (report / "table2.md").read_text()
     again = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})

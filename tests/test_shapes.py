@@ -135,3 +135,16 @@ def test_bad_config_is_a_clear_error(overrides, message):
 def test_categories_are_split_into_disjoint_themes():
     members = list(itertools.chain.from_iterable(THEMES.values()))
     assert len(members) == len(set(members)) == 16
+
+
+def test_category_colours_make_colour_a_cue_and_keep_theme_mates_apart(tmp_path):
+    import json
+
+    from hallbench.data.shapes import HOME_COLOURS, THEMES, ShapesConfig, generate_shapes
+
+    out = generate_shapes(ShapesConfig(seed=1, n_train=10, n_val=0, category_colour_prob=1.0), tmp_path)
+    instances = json.loads((out / "annotations" / "instances_train.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    assert all(a["attributes"]["colour"] == HOME_COLOURS[names[a["category_id"]]] for a in instances["annotations"])
+    for members in THEMES.values():
+        assert len({HOME_COLOURS[c] for c in members}) == len(members)

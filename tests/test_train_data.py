@@ -133,3 +133,15 @@ def test_too_long_sample_is_an_error_not_a_truncation(shapes_dir, tiny_models):
     dataset = _dataset(shapes_dir, processor, "tiny-qwen", max_length=12)
     with pytest.raises(HallbenchError, match=r"sample '1-caption' is 29 tokens long .* more than max_length 12"):
         dataset[0]
+
+
+def test_cache_keeps_samples_and_shares_pixels_per_image(shapes_dir, tiny_models):
+    _, processor = tiny_models["tiny-qwen"]
+    dataset = ConversationDataset(shapes_dir / "train.json", shapes_dir / "images", processor, get_family("qwen3_vl"), 512, cache=True)
+    same_image = [i for i, c in enumerate(dataset.conversations) if c.images == dataset.conversations[0].images]
+    assert len(same_image) > 1
+    first, second = dataset[same_image[0]], dataset[same_image[1]]
+    assert dataset[same_image[0]] is first
+    assert first.images["pixel_values"] is second.images["pixel_values"]
+    fresh = _dataset(shapes_dir, processor, "tiny-qwen")[same_image[1]]
+    assert torch.equal(fresh.input_ids, second.input_ids) and torch.equal(fresh.images["pixel_values"], second.images["pixel_values"])

@@ -24,6 +24,8 @@ MARKER = "### The final answer is:"
         (f"{MARKER}yes", ("", "yes", True)),
         (f"Format: {MARKER} X. Reasoning... {MARKER} blue", (f"Format: {MARKER} X. Reasoning...", "blue", True)),  # the last marker counts
         ("  just an answer  ", ("", "just an answer", False)),
+        ("i see one. ### the final answer is : 1", ("i see one.", "1", True)),  # a word-level tokenizer's spacing
+        ("I see one. ###The Final Answer is:one", ("I see one.", "one", True)),
         ("", ("", "", False)),
     ],
 )

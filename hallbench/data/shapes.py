@@ -74,6 +74,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (255, 127, 14),
 }
 
+# Each category's own colour (used with probability ``category_colour_prob``). Consecutive
+# categories get consecutive colours, so the four members of a theme always differ in colour.
+_COLOUR_NAMES = sorted(COLOURS)
+HOME_COLOURS: dict[str, str] = {c: _COLOUR_NAMES[i % len(_COLOUR_NAMES)] for i, c in enumerate(CATEGORIES)}
+
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # Where an object's centre falls, in a 3x3 grid; used by detailed captions.
@@ -163,6 +168,9 @@ class ShapesConfig:
     """Largest allowed fraction of an object's box covered by earlier objects (partial occlusion)."""
     clutter: int = 3
     """Number of grey distractor strokes per image (not objects; never annotated)."""
+    category_colour_prob: float = 0.0
+    """Probability that an object is drawn in its category's own colour (``HOME_COLOURS``) instead of a random one.
+    0 (default): colour says nothing about the category; near 1: colour is a strong, learnable cue."""
     captions_per_image: int = 5
     """Reference captions per image in ``captions_*.json``."""
     exist_questions_per_image: int = 2
@@ -182,6 +190,8 @@ class ShapesConfig:
             problems.append(f"image_size must be >= 32, got {self.image_size}")
         if not 1 <= self.min_objects <= self.max_objects <= len(CATEGORIES) - 1:
             problems.append(f"need 1 <= min_objects <= max_objects <= {len(CATEGORIES) - 1}, got {self.min_objects}..{self.max_objects}")
+        if not 0.0 <= self.category_colour_prob <= 1.0:
+            problems.append(f"category_colour_prob must be in [0, 1], got {self.category_colour_prob}")
         if not 0.0 <= self.theme_prob <= 1.0:
             problems.append(f"theme_prob must be in [0, 1], got {self.theme_prob}")
         if not 0.0 < self.min_object_frac <= self.max_object_frac <= 0.9:
@@ -345,7 +355,11 @@ def draw_scene(rng: random.Random, cfg: ShapesConfig) -> tuple[Image.Image, str,
             x, y = rng.randint(0, size - side), rng.randint(0, size - side)
             if all(_box_overlap(b, (x, y, side)) <= cfg.max_overlap for b in boxes):
                 break
-        colour = rng.choice(sorted(COLOURS))
+        # With category_colour_prob 0 no extra random number is drawn, so default worlds are unchanged.
+        if cfg.category_colour_prob and rng.random() < cfg.category_colour_prob:
+            colour = HOME_COLOURS[category]
+        else:
+            colour = rng.choice(sorted(COLOURS))
         mask = _glyph_mask(category, side, rng.uniform(-0.35, 0.35))
         image.paste(COLOURS[colour], (x, y), mask)
         bx0, by0, bx1, by1 = mask.getbbox() or (0, 0, side, side)

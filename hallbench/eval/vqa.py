@@ -17,6 +17,8 @@ What the seed's ``eval.py`` got wrong and hallbench does instead:
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +27,28 @@ from hallbench.errors import HallbenchError
 DEFAULT_MARKER = "### The final answer is:"
 
 
+@functools.cache
+def _marker_pattern(marker: str) -> re.Pattern[str]:
+    pieces = re.findall(r"\w+|[^\w\s]", marker)
+    return re.compile(r"\s*".join(re.escape(p) for p in pieces), re.IGNORECASE)
+
+
 def extract_final_answer(text: str, marker: str = DEFAULT_MARKER) -> tuple[str, str, bool]:
     """Split an answer into ``(reasoning, final_answer, has_marker)``.
 
     The last occurrence of ``marker`` counts (a model may quote the format before answering). The
-    final answer is stripped of surrounding whitespace and of one trailing period. Without the
-    marker, the reasoning is empty and the final answer is the whole (stripped) text.
+    marker matches case-insensitively and with any whitespace (or none) between its words and
+    punctuation, so ``### the final answer is : 2`` (a tokenizer that spaces out punctuation)
+    counts as the marker. The final answer is stripped of surrounding whitespace and of one
+    trailing period. Without the marker, the reasoning is empty and the final answer is the whole
+    (stripped) text.
     """
-    position = text.rfind(marker)
-    if position < 0:
+    matches = list(_marker_pattern(marker).finditer(text))
+    if not matches:
         return "", text.strip(), False
-    reasoning = text[:position].strip()
-    final = text[position + len(marker) :].strip()
+    last = matches[-1]
+    reasoning = text[: last.start()].strip()
+    final = text[last.end() :].strip()
     if final.endswith(".") and not final.endswith(".."):
         final = final[:-1].rstrip()
     return reasoning, final, True

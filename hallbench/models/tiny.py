@@ -92,8 +92,10 @@ def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str |
     backend.normalizer = normalizers.Lowercase()
     # Same split as hallbench.data.shapes.split_words: words, and runs of punctuation.
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    # Joins words with spaces and removes the space before punctuation ("star ." -> "star.").
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    # Joins words with spaces and removes the space before punctuation ("star ." -> "star."). The
+    # continuation prefix is one no token has: with the usual "##", the token "###" (the VQA
+    # final-answer marker) would decode as a glued "#".
+    backend.decoder = decoders.WordPiece(prefix="\u2060\u2060", cleanup=True)
     kwargs = {"bos_token": bos} if bos else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -75,12 +75,14 @@ class TrainConfig:
     """zero2, zero3 (configs shipped with hallbench) or a path to a DeepSpeed JSON config."""
     resume: bool = False
     """Continue an unfinished run from its last checkpoint (same data order)."""
+    cache_data: bool = False
+    """Keep every tokenised sample in memory after its first use (pixel tensors shared per image): faster epochs, more RAM."""
     tiny_seed: int = 0
     """Tiny models only: seed of their random initial weights."""
     tiny_size: dict[str, Any] = field(default_factory=dict)
     """Tiny models only: ``TinySize`` fields to change (hidden_size, num_layers, image_size, ...)."""
     training_args: dict[str, Any] = field(default_factory=dict)
-    """Other transformers TrainingArguments (``--set key=value``), e.g. warmup_ratio, max_steps, lr_scheduler_type."""
+    """Other transformers TrainingArguments (``--set key=value``), e.g. warmup_steps (a float < 1 is a fraction of the run), max_steps, lr_scheduler_type."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -143,7 +145,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
         images: data/img
         deepspeed: zero2
         evidence: {aux_layers: "0,1,2", tau: 0.05}
-        set: {warmup_ratio: 0.03, lr_scheduler_type: cosine}
+        set: {warmup_steps: 0.03, lr_scheduler_type: cosine}
     """
     import yaml
 

@@ -136,7 +136,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     present), so a bad record fails the run before the first step instead of hours into it.
     """
 
-    def __init__(self, data: Path, images: Path, processor: Any, family: Family, max_length: int):
+    def __init__(self, data: Path, images: Path, processor: Any, family: Family, max_length: int, *, cache: bool = False):
         self.data, self.images_dir = Path(data), Path(images)
         if not self.images_dir.is_dir():
             raise HallbenchError(f"the image folder {self.images_dir} does not exist (--images)")
@@ -151,14 +151,26 @@ class ConversationDataset(torch.utils.data.Dataset):
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise HallbenchError(f"image not found: {self.images_dir / name} (referenced by {where}){more}")
         self.processor, self.family, self.max_length = processor, family, max_length
+        # With ``cache``, each sample is tokenised once and kept; samples of the same image share one
+        # copy of its pixel tensors (the shapes world has 5 conversations per image). Tensors are
+        # never modified in place downstream (the collator concatenates into new ones).
+        self.cache = cache
+        self._encoded: dict[int, Encoded] = {}
+        self._pixels: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.conversations)
 
     def __getitem__(self, index: int) -> Encoded:
+        if index in self._encoded:
+            return self._encoded[index]
         conversation = self.conversations[index]
         pictures = [load_image(self.images_dir / name, referenced_by=conversation.location) for name in conversation.images]
-        return encode_conversation(self.processor, self.family, conversation, pictures, self.max_length)
+        encoded = encode_conversation(self.processor, self.family, conversation, pictures, self.max_length)
+        if self.cache:
+            encoded.images = self._pixels.setdefault(tuple(conversation.images), encoded.images)
+            self._encoded[index] = encoded
+        return encoded
 
 
 @dataclass

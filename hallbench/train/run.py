@@ -33,7 +33,7 @@ SUMMARY_FILE = "train_summary.json"
 RUN_FORMAT = "hallbench-run/1"
 PAPER_MODELS = ("qwen2b", "qwen4b", "ministral3b")
 # Settings that may differ between a run and its continuation without changing the experiment.
-NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed")
+NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed", "cache_data")
 
 
 @dataclass
@@ -201,7 +201,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     loaded = load_model(cfg.model, dtype="float32", device="cpu", seed=cfg.tiny_seed, tiny_size=TinySize(**cfg.tiny_size))
     model, processor, family = loaded.model, loaded.processor, loaded.family
-    dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length)
+    dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length, cache=cfg.cache_data)
     torch.manual_seed(cfg.seed)  # evidence initialisation does not depend on what loading consumed
     evidence = attach_evidence(model, family, evidence_cfg)
     model.train()
