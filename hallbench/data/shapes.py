@@ -74,10 +74,21 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (255, 127, 14),
 }
 
-# Each category's own colour (used with probability ``category_colour_prob``). Consecutive
-# categories get consecutive colours, so the four members of a theme always differ in colour.
+# Each category's own colour (used with probability ``category_colour_prob``): a shade of one of the
+# named colours, distinct for every category, so that colour is a learnable cue to the category
+# while captions keep the plain colour word ("a blue star" whichever blue). Consecutive categories
+# get consecutive colour names, so the four members of a theme always differ in colour name too.
 _COLOUR_NAMES = sorted(COLOURS)
 HOME_COLOURS: dict[str, str] = {c: _COLOUR_NAMES[i % len(_COLOUR_NAMES)] for i, c in enumerate(CATEGORIES)}
+_SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "blue": ((31, 119, 180), (120, 190, 250), (20, 40, 120)),
+    "green": ((44, 160, 44), (150, 230, 110), (10, 90, 60)),
+    "orange": ((255, 127, 14), (180, 80, 0), (255, 190, 120)),
+    "purple": ((148, 103, 189), (220, 160, 240), (80, 30, 120)),
+    "red": ((214, 39, 40), (255, 130, 140), (130, 10, 20)),
+    "yellow": ((230, 190, 20), (255, 245, 140), (170, 150, 0)),
+}
+HOME_RGB: dict[str, tuple[int, int, int]] = {c: _SHADES[HOME_COLOURS[c]][i // len(_COLOUR_NAMES)] for i, c in enumerate(CATEGORIES)}
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -357,11 +368,12 @@ def draw_scene(rng: random.Random, cfg: ShapesConfig) -> tuple[Image.Image, str,
                 break
         # With category_colour_prob 0 no extra random number is drawn, so default worlds are unchanged.
         if cfg.category_colour_prob and rng.random() < cfg.category_colour_prob:
-            colour = HOME_COLOURS[category]
+            colour, rgb = HOME_COLOURS[category], HOME_RGB[category]
         else:
             colour = rng.choice(sorted(COLOURS))
+            rgb = COLOURS[colour]
         mask = _glyph_mask(category, side, rng.uniform(-0.35, 0.35))
-        image.paste(COLOURS[colour], (x, y), mask)
+        image.paste(rgb, (x, y), mask)
         bx0, by0, bx1, by1 = mask.getbbox() or (0, 0, side, side)
         area = sum(mask.histogram()[128:])
         bbox = (float(x + bx0), float(y + by0), float(bx1 - bx0), float(by1 - by0))
