@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                                  # tiny-qwen on the CPU
     python benchmarks/bench_train.py --model tiny-ministral
+    python benchmarks/bench_train.py --model medium-qwen --batch-size 4 --steps 6 --warmup 2 --rounds 1   # ~100M parameters, CPU
     python benchmarks/bench_train.py --model qwen2b-shape --batch-size 4 --steps 20   # on a GPU: Qwen3-VL-2B dimensions, random weights
 
 Each variant runs in its own process (so that peak memory is its own) through the real training
@@ -53,6 +54,13 @@ def build(model_name: str, device: str):
     from hallbench.models import build_tiny, get_family
     from hallbench.models.tiny import TinySize
 
+    if model_name == "medium-qwen":
+        # ~100M parameters: big enough for FLOPs rather than per-op overhead to dominate on a CPU.
+        size = TinySize(
+            hidden_size=1024, num_layers=8, num_heads=16, num_kv_heads=8, intermediate_size=3072, vision_hidden_size=256, image_size=224
+        )
+        model, processor = build_tiny("tiny-qwen", size)
+        return model.to(device), processor, get_family("qwen3_vl")
     if model_name != "qwen2b-shape":
         model, processor = build_tiny(model_name)
         family = get_family("qwen3_vl" if "qwen" in model_name else "mistral3")
@@ -151,7 +159,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-qwen", help="tiny-qwen, tiny-ministral or qwen2b-shape (GPU)")
+    parser.add_argument("--model", default="tiny-qwen", help="tiny-qwen, tiny-ministral, medium-qwen (~100M, CPU) or qwen2b-shape (GPU)")
     parser.add_argument("--variants", default="base,m,ma,ours")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="measured steps per round")
