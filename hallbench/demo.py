@@ -4,8 +4,9 @@ The real study fine-tunes a pretrained VLM (Qwen3-VL, Ministral-3) into Base, +M
 The demo does the same at small scale, each stage a call to the functions the commands use:
 
 1. the shapes world (``hallbench data shapes``) and its POPE splits (``hallbench data pope``);
-2. "pretraining": a tiny model learns to see the shapes world (a ``base`` run with a long schedule;
-   the stand-in for the pretrained checkpoint), saved in ``pretrained/``;
+2. "pretraining": a tiny model learns to see the shapes world (a ``base`` run with a long schedule
+   on the short-answer questions: object lists and yes/no; the stand-in for the pretrained
+   checkpoint), saved in ``pretrained/``;
 3. fine-tuning Base, +M, +M+A and Ours (and both ablations with ``--full``) from that checkpoint
    (``hallbench train``), in ``study/runs/``;
 4. for every fine-tuned run: POPE (random, popular, adversarial), CHAIR with greedy, sampling and
@@ -55,24 +56,30 @@ class DemoProfile:
     caption_tokens: int = 48
     """max_new_tokens for CHAIR captions and VQA answers."""
     eval_batch_size: int = 64
+    pretrain_kinds: tuple[str, ...] = ()
+    """Training-record kinds used for pretraining (``list``, ``exist``, ``caption``, ``vqa``: the part of the
+    shapes ids after the image number); empty = all. Short answers (object lists, yes/no) teach a tiny
+    model to see much faster than captions, whose many tokens dominate a per-token loss."""
 
 
 DEFAULT = DemoProfile(
-    world={"n_train": 2000, "n_val": 400, "category_colour_prob": 0.9, "min_object_frac": 0.22, "max_object_frac": 0.4, "clutter": 1},
-    tiny_size={},
-    pretrain={"learning_rate": 3e-4, "num_train_epochs": 2, "per_device_train_batch_size": 32, "tune_vision": True, "logging_steps": 20},
-    pretrain_args={"lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_grad_norm": 1.0},
+    world={"n_train": 1500, "n_val": 400, "category_colour_prob": 0.9, "min_object_frac": 0.22, "max_object_frac": 0.4, "clutter": 1},
+    tiny_size={"hidden_size": 256, "intermediate_size": 512, "vision_hidden_size": 128},
+    pretrain={"learning_rate": 3e-4, "num_train_epochs": 20, "per_device_train_batch_size": 32, "tune_vision": True, "logging_steps": 50},
+    pretrain_args={"lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_grad_norm": 1.0, "max_steps": 2000},
+    pretrain_kinds=("list", "exist"),
     train={"learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 32, "logging_steps": 10},
     training_args={"lr_scheduler_type": "cosine", "warmup_steps": 0.05, "max_steps": 60},
     pope_images=150,
-    chair_images=200,
-    vqa_questions=200,
+    chair_images=150,
+    vqa_questions=150,
 )
 QUICK = DemoProfile(
     world={"n_train": 120, "n_val": 60, "category_colour_prob": 0.9},
     tiny_size={},
     pretrain={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "tune_vision": True, "logging_steps": 5},
     pretrain_args={"max_steps": 10},
+    pretrain_kinds=("list", "exist"),
     train={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "logging_steps": 5},
     training_args={"max_steps": 5},
     pope_images=12,
@@ -176,8 +183,15 @@ def _pretrain(cfg: DemoConfig, world: Path) -> Any:
 
     profile = cfg.profile
     folder = cfg.out / "pretrained" / f"{MODEL_REGISTRY[cfg.model].display_name}-shapes"
+    common = _common(cfg, world)
+    if profile.pretrain_kinds:
+        records = json.loads((world / "train.json").read_text(encoding="utf-8"))
+        subset = [r for r in records if str(r["id"]).split("-")[1] in profile.pretrain_kinds]
+        common["data"] = world / f"pretrain_{'_'.join(profile.pretrain_kinds)}.json"
+        if not common["data"].is_file():
+            common["data"].write_text(json.dumps(subset), encoding="utf-8")
     pretrain = TrainConfig(
-        model=cfg.model, variant="base", output_dir=folder, training_args=profile.pretrain_args, **profile.pretrain, **_common(cfg, world)
+        model=cfg.model, variant="base", output_dir=folder, training_args=profile.pretrain_args, **profile.pretrain, **common
     )
     return run_train(pretrain, progress=True)
 
