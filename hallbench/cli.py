@@ -147,7 +147,7 @@ def train(
     with user_errors():
         from hallbench.train.config import TrainConfig, load_recipe, merge_settings
         from hallbench.train.presets import expand_variants
-        from hallbench.train.run import expand_models, run_matrix
+        from hallbench.train.run import TrainResult, expand_models, run_matrix
 
         flags: dict[str, object] = {field: values[option] for option, field in _TRAIN_OPTIONS.items() if values[option] is not None}
         flags["evidence_overrides"] = {k: values[k] for k in _EVIDENCE_OPTIONS if values[k] is not None}
@@ -165,11 +165,10 @@ def train(
         models_, variants = expand_models(str(settings.pop("model"))), expand_variants(str(settings.pop("variant")))
         base = TrainConfig(model=models_[0], variant=variants[0], **settings)
 
-        def announce(result: object) -> None:
+        def announce(result: TrainResult) -> None:
             if int(os.environ.get("RANK", "0")) == 0:
-                last = (result.summary.get("last_log") or {}) if result.summary else {}  # type: ignore[attr-defined]
-                terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
-                console.print(f"[green]{result.status}[/] {result.path}" + (f"  ({terms})" if terms else ""))  # type: ignore[attr-defined]
+                terms = result.loss_terms()
+                console.print(f"[green]{result.status}[/] {result.path}" + (f"  ({terms})" if terms else ""))
 
         run_matrix(base, models_, variants, on_result=announce)
 

@@ -300,8 +300,7 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> DemoResu
     say(f"[bold]3/5 fine-tune[/]: {variants} from {pretrained.path}")
 
     def trained(result: Any) -> None:
-        last = (result.summary or {}).get("last_log") or {}
-        terms = ", ".join(f"{k} {last[k]:.3f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
+        terms = result.loss_terms(digits=3)
         say(f"  {result.status} {result.path.name}" + (f" ({terms})" if terms else ""))
 
     runs = _train(cfg, world, pretrained.path, trained)

@@ -63,6 +63,12 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def identity_changes(previous: dict[str, Any], current: dict[str, Any]) -> str:
+    """``"key: old -> new; ..."`` for every key whose value differs between two run identities; ``""`` when equal."""
+    changed = [k for k in sorted(set(current) | set(previous)) if current.get(k) != previous.get(k)]
+    return "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in blocks (annotation files can be hundreds of MB)."""
     with Path(path).open("rb") as handle:

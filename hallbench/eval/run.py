@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, write_records
-from hallbench.provenance import provenance, write_json_atomic
+from hallbench.provenance import identity_changes, provenance, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
@@ -181,9 +181,8 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         previous = json.loads(path.read_text(encoding="utf-8")).get("eval", {})
     except json.JSONDecodeError:
         raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
-    changed = [k for k in sorted(set(identity) | set(previous)) if identity.get(k) != previous.get(k)]
-    if changed:
-        details = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+    details = identity_changes(previous, identity)
+    if details:
         raise HallbenchError(f"{out} holds a run with a different configuration ({details}); choose another --out")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from hallbench.errors import HallbenchError
 from hallbench.models.loading import RUN_CONFIG_FILE
-from hallbench.provenance import provenance, sha256_file, write_json_atomic
+from hallbench.provenance import identity_changes, provenance, sha256_file, write_json_atomic
 from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
 from hallbench.train.presets import get_preset
 
@@ -44,6 +44,11 @@ class TrainResult:
     summary: dict[str, Any]
     model: Any = None
     """The trained model in memory (``trained`` runs only; LoRA adapters merged)."""
+
+    def loss_terms(self, digits: int = 4) -> str:
+        """``"ce 0.5120, l_orth 0.0030, l_ctr 3.2300"`` from the last logged step (the terms the variant has)."""
+        last = (self.summary or {}).get("last_log") or {}
+        return ", ".join(f"{k} {last[k]:.{digits}f}" for k in ("ce", "l_orth", "l_ctr") if last.get(k) is not None)
 
 
 def run_folder(cfg: TrainConfig) -> Path:
@@ -93,9 +98,8 @@ def _check_existing(folder: Path, cfg: TrainConfig) -> str:
     except (json.JSONDecodeError, KeyError) as err:
         raise HallbenchError(f"{config_path} is corrupt ({err}); move the folder away or choose another --output-dir") from None
     identity = json.loads(json.dumps(_identity(cfg)))
-    changed = [k for k in sorted(set(identity) | set(previous)) if identity.get(k) != previous.get(k)]
-    if changed:
-        details = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+    details = identity_changes(previous, identity)
+    if details:
         raise HallbenchError(f"{folder} holds a run with other settings ({details}); choose another --output-dir")
     return "finished" if (folder / SUMMARY_FILE).is_file() else "unfinished"
 
