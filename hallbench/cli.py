@@ -210,7 +210,9 @@ def report(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for everything: shapes/, runs/, eval/, report/. Re-running resumes.")] = Path("demo"),
+    out: Annotated[
+        Path, typer.Option(help="Folder for everything: shapes/, pretrained/, study/runs/, study/eval/, report/. Re-running resumes.")
+    ] = Path("demo"),
     model: Annotated[str, typer.Option(help="tiny-qwen or tiny-ministral.")] = "tiny-qwen",
     quick: Annotated[bool, typer.Option("--quick", help="A small world and a few steps: the whole pipeline in about a minute.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Also train and evaluate both ablations (8 more runs).")] = False,
@@ -239,7 +241,7 @@ def demo(
         console.print(shown)
         total = sum(s.seconds for s in result.stages)
         console.print(
-            f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {out / 'runs'}, evaluations {out / 'eval'}"
+            f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {cfg.study / 'runs'}, evaluations {cfg.study / 'eval'}"
         )
 
 

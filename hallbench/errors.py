@@ -43,3 +43,17 @@ def shorten(value: object, limit: int = 80) -> str:
     """A repr of ``value`` cut to ``limit`` characters, for 'found ...' parts of messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SettingsChangedError(HallbenchError):
+    """An output folder already holds a run (training or evaluation) made with other settings.
+
+    Attributes:
+        folder: the output folder.
+        changes: what differs, as ``key: old -> new`` pairs.
+    """
+
+    def __init__(self, folder: str | Path, changes: str, advice: str):
+        self.folder = Path(folder)
+        self.changes = changes
+        super().__init__(f"{self.folder} holds a run with other settings ({changes}); {advice}")

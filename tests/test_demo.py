@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from hallbench.cli import app
@@ -18,6 +19,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Table 2: Base, +M, +M+A and Ours" in result.output and "demo finished" in result.output
+    assert f"runs {out / 'study' / 'runs'}" in " ".join(result.output.split())  # where the printed paths point exists
 
     runs = {json.loads(p.read_text())["variant"]["name"]: p.parent for p in (out / "study" / "runs").glob("*/hallbench_config.json")}
     assert sorted(runs) == sorted(TABLE2)
@@ -58,3 +60,46 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped output_model_") == 4  # a finished demo resumes without retraining
     assert (report / "table2.md").read_text() == first_table  # the same runs give the same report, byte for byte
+
+    # A demo folder made with other settings (an older default profile) is refused with what to delete.
+    from dataclasses import replace
+
+    from hallbench.demo import QUICK, DemoConfig, run_demo
+    from hallbench.errors import HallbenchError
+
+    other = replace(QUICK, pretrain={**QUICK.pretrain, "learning_rate": 5e-4})
+    with pytest.raises(
+        HallbenchError, match=r"made by a demo with other settings \(learning_rate: 0\.001 -> 0\.0005\); delete .*pretrained"
+    ):
+        run_demo(DemoConfig(out=out, profile_override=other), say=lambda line: None)
+
+
+def test_a_world_regenerated_in_place_gets_fresh_pope_splits(tmp_path):
+    from dataclasses import replace
+
+    from hallbench.demo import QUICK, DemoConfig, _world
+    from hallbench.provenance import sha256_file
+
+    def pope_labels(folder):
+        return [json.loads(line)["label"] for line in (folder / "pope" / "random.jsonl").read_text().splitlines()]
+
+    first = _world(DemoConfig(out=tmp_path, quick=True))
+    first_instances, first_labels = sha256_file(first / "annotations" / "instances_val.json"), pope_labels(first)
+    assert _world(DemoConfig(out=tmp_path, quick=True)) == first and pope_labels(first) == first_labels  # same world: reused
+
+    other = replace(QUICK, world={**QUICK.world, "theme_prob": 0.2})  # same image names, other objects
+    second = _world(DemoConfig(out=tmp_path, profile_override=other))
+    instances = second / "annotations" / "instances_val.json"
+    assert sha256_file(instances) != first_instances
+    build = json.loads((second / "pope" / "pope_build.json").read_text())
+    assert build["input"]["sha256"] == sha256_file(instances)  # rebuilt from the new annotations, not the stale splits
+    questions = [json.loads(line) for line in (second / "pope" / "random.jsonl").read_text().splitlines()]
+    present = {}
+    annotations = json.loads(instances.read_text())
+    names = {c["id"]: c["name"] for c in annotations["categories"]}
+    files = {i["id"]: i["file_name"] for i in annotations["images"]}
+    for a in annotations["annotations"]:
+        present.setdefault(files[a["image_id"]], set()).add(names[a["category_id"]])
+    for q in questions:
+        asked = next(name for name in names.values() if f" {name} " in f" {q['text']} ")
+        assert (asked in present[q["image"]]) == (q["label"] == "yes"), q

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from hallbench.errors import HallbenchError
+from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, write_records
 from hallbench.provenance import identity_changes, provenance, write_json_atomic
 
@@ -183,7 +183,7 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
     details = identity_changes(previous, identity)
     if details:
-        raise HallbenchError(f"{out} holds a run with a different configuration ({details}); choose another --out")
+        raise SettingsChangedError(out, details, "choose another --out")
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hallbench.errors import HallbenchError
+from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.models.loading import RUN_CONFIG_FILE
 from hallbench.provenance import identity_changes, provenance, sha256_file, write_json_atomic
 from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
@@ -100,7 +100,7 @@ def _check_existing(folder: Path, cfg: TrainConfig) -> str:
     identity = json.loads(json.dumps(_identity(cfg)))
     details = identity_changes(previous, identity)
     if details:
-        raise HallbenchError(f"{folder} holds a run with other settings ({details}); choose another --output-dir")
+        raise SettingsChangedError(folder, details, "choose another --output-dir")
     return "finished" if (folder / SUMMARY_FILE).is_file() else "unfinished"
 
 
