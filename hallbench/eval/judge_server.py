@@ -278,6 +278,23 @@ class JudgeServer:
         """The behaviour applied to each request, in the order they were decided."""
         return list(self._server.behaviours)
 
+    def wait_idle(self, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
+        """Wait until no request is being handled and none has arrived for ``quiet_s`` seconds.
+
+        A client killed mid-request may leave a request in the socket that a handler thread counts a
+        moment later; call this before :meth:`reset_counts` so that such stragglers are not counted
+        against the next run. Raises ``TimeoutError`` if the server does not go quiet in ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._server.lock:
+                before = (self._server.requests, self._server.in_flight)
+            time.sleep(quiet_s)
+            with self._server.lock:
+                if (self._server.requests, self._server.in_flight) == before and before[1] == 0:
+                    return
+        raise TimeoutError(f"the judge server did not go idle within {timeout_s} s")
+
     def reset_counts(self) -> None:
         """Set ``requests`` and ``max_in_flight`` back to 0 (``faults`` keep counting from 1 again)."""
         with self._server.lock:
