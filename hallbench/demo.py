@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, SettingsChangedError
+from hallbench.provenance import provenance, sha256_file, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,6 @@ def _world(cfg: DemoConfig) -> Path:
     """The shapes world and its POPE splits; reused when the folder already holds the same world."""
     from hallbench.data.pope_build import PopeBuildConfig, build_pope
     from hallbench.data.shapes import config_from_overrides, generate_shapes
-    from hallbench.provenance import sha256_file
 
     world_cfg = config_from_overrides(**{**cfg.profile.world, "seed": cfg.seed})
     folder = cfg.out / "shapes"
@@ -168,6 +168,8 @@ def _world(cfg: DemoConfig) -> Path:
     wanted = json.loads(json.dumps(asdict(world_cfg)))
     if not (world_file.is_file() and json.loads(world_file.read_text(encoding="utf-8")).get("config") == wanted):
         generate_shapes(world_cfg, folder)
+        for derived in folder.glob("pretrain_*.json"):  # subsets of the old train.json (see _pretrain_data)
+            derived.unlink()
     # The splits are reused only when built from this very world and with these settings: a world
     # regenerated in place (another profile) keeps its image names, so stale splits would ask about
     # objects of the old images.
@@ -200,17 +202,24 @@ def _pretrain(cfg: DemoConfig, world: Path) -> Any:
 
     profile = cfg.profile
     folder = cfg.out / "pretrained" / f"{MODEL_REGISTRY[cfg.model].display_name}-shapes"
-    common = _common(cfg, world)
-    if profile.pretrain_kinds:
-        records = json.loads((world / "train.json").read_text(encoding="utf-8"))
-        subset = [r for r in records if str(r["id"]).split("-")[1] in profile.pretrain_kinds]
-        common["data"] = world / f"pretrain_{'_'.join(profile.pretrain_kinds)}.json"
-        if not common["data"].is_file():
-            common["data"].write_text(json.dumps(subset), encoding="utf-8")
+    common = {**_common(cfg, world), "data": _pretrain_data(cfg, world)}
     pretrain = TrainConfig(
         model=cfg.model, variant="base", output_dir=folder, training_args=profile.pretrain_args, **profile.pretrain, **common
     )
     return run_train(pretrain, progress=True)
+
+
+def _pretrain_data(cfg: DemoConfig, world: Path) -> Path:
+    """The pretraining records: train.json, or its subset of ``pretrain_kinds`` (written once per world;
+    ``_world`` deletes it when it regenerates the world)."""
+    kinds = cfg.profile.pretrain_kinds
+    if not kinds:
+        return world / "train.json"
+    path = world / f"pretrain_{'_'.join(kinds)}.json"
+    if not path.is_file():
+        records = json.loads((world / "train.json").read_text(encoding="utf-8"))
+        write_json_atomic(path, [r for r in records if str(r["id"]).split("-")[1] in kinds])
+    return path
 
 
 def _train(cfg: DemoConfig, world: Path, pretrained: Path, on_result: Callable[[Any], None]) -> list[Any]:
@@ -355,6 +364,4 @@ def _run_stages(cfg: DemoConfig, say: Callable[[str], None]) -> DemoResult:
 
 
 def write_stage_times(path: Path, stages: list[StageTime]) -> None:
-    from hallbench.provenance import provenance, write_json_atomic
-
     write_json_atomic(path, {"stages": [s.__dict__ for s in stages], "total_s": sum(s.seconds for s in stages), **provenance()})

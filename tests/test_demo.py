@@ -77,7 +77,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
 def test_a_world_regenerated_in_place_gets_fresh_pope_splits(tmp_path):
     from dataclasses import replace
 
-    from hallbench.demo import QUICK, DemoConfig, _world
+    from hallbench.demo import QUICK, DemoConfig, _pretrain_data, _world
     from hallbench.provenance import sha256_file
 
     def pope_labels(folder):
@@ -87,8 +87,12 @@ def test_a_world_regenerated_in_place_gets_fresh_pope_splits(tmp_path):
     first_instances, first_labels = sha256_file(first / "annotations" / "instances_val.json"), pope_labels(first)
     assert _world(DemoConfig(out=tmp_path, quick=True)) == first and pope_labels(first) == first_labels  # same world: reused
 
+    first_pretrain = json.loads(_pretrain_data(DemoConfig(out=tmp_path, quick=True), first).read_text())
     other = replace(QUICK, world={**QUICK.world, "theme_prob": 0.2})  # same image names, other objects
     second = _world(DemoConfig(out=tmp_path, profile_override=other))
+    pretrain = json.loads(_pretrain_data(DemoConfig(out=tmp_path, profile_override=other), second).read_text())
+    train = json.loads((second / "train.json").read_text())
+    assert pretrain != first_pretrain and pretrain == [r for r in train if r["id"].split("-")[1] in ("list", "exist")]
     instances = second / "annotations" / "instances_val.json"
     assert sha256_file(instances) != first_instances
     build = json.loads((second / "pope" / "pope_build.json").read_text())
