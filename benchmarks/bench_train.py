@@ -106,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
     encoded = [dataset[i] for i in range(min(len(dataset), 64))]
     torch.manual_seed(0)
     cfg = evidence_config(args.worker)
-    evidence = attach_evidence(model, family, cfg)
+    evidence = attach_evidence(model, family, cfg, processor)
     family.vision_tower(model).requires_grad_(False)
     model.train()
 

@@ -34,6 +34,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 MODEL_NAMES = ", ".join(MODEL_REGISTRY)
+MIN_PIXELS_HELP = "Qwen3-VL: smallest image area in pixels after resizing (default: the checkpoint's, 65536 for the published ones)."
+MAX_PIXELS_HELP = "Largest image area in pixels (Pixtral: longest edge = its square root); default: the checkpoint's."
 
 
 @contextmanager
@@ -74,7 +76,7 @@ _EVIDENCE_OPTIONS = (
 _TRAIN_OPTIONS = {
     "data": "data", "images": "images", "output_root": "output_root", "output_dir": "output_dir", "learning_rate": "learning_rate",
     "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-    "max_length": "max_length", "precision": "precision", "save_total_limit": "save_total_limit", "logging_steps": "logging_steps",
+    "max_length": "max_length", "min_pixels": "min_pixels", "max_pixels": "max_pixels", "precision": "precision", "save_total_limit": "save_total_limit", "logging_steps": "logging_steps",
     "seed": "seed", "tune_vision": "tune_vision", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
     "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "resume": "resume", "cache_data": "cache_data",
 }  # fmt: skip
@@ -106,6 +108,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Per-device batch size [default: 4].")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps [default: 1].")] = None,
     max_length: Annotated[int | None, typer.Option(help="Longest sample in tokens; longer is an error [default: 4096].")] = None,
+    min_pixels: Annotated[int | None, typer.Option(help=MIN_PIXELS_HELP)] = None,
+    max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 where supported), bf16, fp16 or fp32.")] = None,
     save_total_limit: Annotated[int | None, typer.Option(help="Epoch checkpoints kept [default: 2].")] = None,
     logging_steps: Annotated[int | None, typer.Option(help="Log CE / L_orth / L_ctr every N steps [default: 2].")] = None,
@@ -291,7 +295,20 @@ def eval_(
     bertscore_layers: Annotated[int | None, typer.Option(help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM).")] = None,
     bertscore_baseline: Annotated[Path | None, typer.Option(help="VQA: baseline file for BERTScore rescaling.")] = None,
     decoding: Annotated[str, typer.Option(help="greedy, sample or beam.")] = "greedy",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024).")
+    ] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option(help="A system turn before every question (default: none; the chat template's own default applies).")
+    ] = None,
+    prompt_suffix: Annotated[
+        str, typer.Option(help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."')
+    ] = "",
+    min_pixels: Annotated[int | None, typer.Option(help=MIN_PIXELS_HELP)] = None,
+    max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
+    image_ids: Annotated[
+        Path | None, typer.Option(help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset).")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (--decoding sample).")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus mass (--decoding sample).")] = 1.0,
     num_beams: Annotated[int, typer.Option(help="Beams (--decoding beam).")] = 3,
@@ -320,7 +337,8 @@ def eval_(
             judge_key_env=judge_key_env, judge_concurrency=judge_concurrency, bertscore_model=bertscore_model,
             bertscore_layers=bertscore_layers, bertscore_baseline=bertscore_baseline,
             max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
-            api_key_env=api_key_env, device=device, dtype=dtype,
+            api_key_env=api_key_env, device=device, dtype=dtype, system_prompt=system_prompt, prompt_suffix=prompt_suffix,
+            min_pixels=min_pixels, max_pixels=max_pixels, image_ids=image_ids,
             decoding=DecodingConfig(
                 decoding=decoding, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 num_beams=num_beams, seed=seed, batch_size=batch_size,

@@ -93,7 +93,7 @@ def test_rerun_resumes_without_generating_again(tmp_path, pope_dir):
 def test_a_folder_with_another_configuration_is_refused(tmp_path, pope_dir):
     run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False)
     changed = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random", decoding=DecodingConfig(max_new_tokens=8))
-    with pytest.raises(HallbenchError, match=r"holds a run with other settings \(decoding: .*'max_new_tokens': 64.*'max_new_tokens': 8"):
+    with pytest.raises(HallbenchError, match=r"holds a run with other settings \(decoding: .*'max_new_tokens': 32.*'max_new_tokens': 8"):
         run_eval(changed, backend=ScriptedBackend(_oracle), progress=False)
 
 

@@ -41,7 +41,7 @@ def test_init_equals_base_and_no_parameter_is_stuck(name, variant, tiny_models, 
     with torch.no_grad():
         reference = base(**batch).logits
     model = copy.deepcopy(base)
-    evidence = attach_evidence(model, get_family(MODEL_REGISTRY[name].family), CONFIGS[variant])
+    evidence = attach_evidence(model, get_family(MODEL_REGISTRY[name].family), CONFIGS[variant], processor)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reference)  # exact, not approximate
 
@@ -64,8 +64,8 @@ def test_init_equals_base_and_no_parameter_is_stuck(name, variant, tiny_models, 
 
 
 def test_no_evidence_attaches_nothing(tiny_models):
-    model, _ = tiny_models["tiny-qwen"]
-    assert attach_evidence(model, get_family("qwen3_vl"), EvidenceConfig()) is None
+    model, processor = tiny_models["tiny-qwen"]
+    assert attach_evidence(model, get_family("qwen3_vl"), EvidenceConfig(), processor) is None
     assert not hasattr(model, "evidence")
 
 
@@ -120,7 +120,7 @@ def test_contrastive_queue_gives_negatives_at_batch_size_one(tiny_models, val_im
     base, processor = tiny_models["tiny-qwen"]
     model = copy.deepcopy(base)
     cfg = EvidenceConfig(True, "per_layer", "ours", True, "aligned", lambda_ctr=1.0, ctr_queue=4)
-    evidence = attach_evidence(model, get_family("qwen3_vl"), cfg)
+    evidence = attach_evidence(model, get_family("qwen3_vl"), cfg, processor)
     evidence.state.collect_aux = True
     loss = ContrastiveLoss(cfg.tau, cfg.ctr_queue)
     losses = []

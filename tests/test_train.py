@@ -189,6 +189,22 @@ def test_lora_trains_adapters_and_evidence_and_saves_a_merged_model(tmp_path, sh
         torch.testing.assert_close(reloaded.model(**batch).logits, result.model.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_lora_checkpoint_evaluates_with_the_adapters_on_its_base(tmp_path, shapes_dir, small_data):
+    """checkpoint-N of a LoRA run holds only adapters + evidence: it loads on the base the run config names."""
+    result = run_train(_config(tmp_path, shapes_dir, small_data, lora_rank=4, training_args={"max_steps": 4}), progress=False)
+    checkpoint = result.path / "checkpoint-4"  # one epoch of 16 samples at batch 4
+    assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
+    from_checkpoint = load_model(str(checkpoint))
+    final = load_model(str(result.path))
+    base = load_model("tiny-qwen")
+    batch = _batch(shapes_dir, small_data, final)
+    with torch.no_grad():
+        logits = from_checkpoint.model(**batch).logits
+        torch.testing.assert_close(logits, final.model(**batch).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(logits, base.model(**batch).logits)  # the adapters and evidence were applied
+    assert from_checkpoint.training_run["variant"]["name"] == "ours"
+
+
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path, shapes_dir, small_data):
     plain = run_train(_config(tmp_path / "a", shapes_dir, small_data), progress=False)
     ckpt = run_train(_config(tmp_path / "b", shapes_dir, small_data, gradient_checkpointing=True), progress=False)

@@ -60,7 +60,7 @@ def test_batch_of_four_gives_each_sample_its_loss_alone(shapes_dir, tiny_models,
     """Padding and batching change nothing: per-token CE of each sample in a batch of 4 == alone."""
     model, processor = tiny_models[name]
     model = _fresh_copy(model)
-    evidence = attach_evidence(model, get_family(FAMILY[name]), evidence_config(variant))
+    evidence = attach_evidence(model, get_family(FAMILY[name]), evidence_config(variant), processor)
     if evidence is not None:  # make the injection non-zero so that it is tested too
         torch.manual_seed(1)
         with torch.no_grad():

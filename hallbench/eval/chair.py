@@ -575,6 +575,32 @@ def cache_dir() -> Path:
     return Path(root) / "chair"
 
 
+def read_image_ids(path: Path) -> list[str]:
+    """Image ids from a JSON list (numbers or strings) or a text file with one id per line; duplicates are an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise HallbenchError(f"cannot read --image-ids {path}: {err}") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            values = json.loads(stripped)
+        except json.JSONDecodeError as err:
+            raise HallbenchError(f"{path}: not a valid JSON list of image ids ({err})") from None
+        if not all(isinstance(v, int | str) and not isinstance(v, bool) for v in values):
+            raise HallbenchError(f"{path}: expected a JSON list of image ids (numbers or strings)")
+        ids = [str(v).strip() for v in values]
+    else:
+        ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise HallbenchError(f"{path} lists no image ids")
+    seen: set[str] = set()
+    duplicates = [i for i in ids if i in seen or seen.add(i)]
+    if duplicates:
+        raise HallbenchError(f"{path}: image id {duplicates[0]} is listed more than once")
+    return ids
+
+
 class ChairBenchmark:
     """``hallbench eval --bench chair``: one caption per image of the instances file.
 
@@ -587,6 +613,8 @@ class ChairBenchmark:
     """
 
     name = "chair"
+    default_max_new_tokens = 512
+    """As OPERA and most CHAIR tables: long enough that a detailed caption ends on its own."""
 
     def __init__(self, cfg: Any):
         from hallbench.eval.run import MetricInfo
@@ -617,6 +645,17 @@ class ChairBenchmark:
 
         order = self.scorer.image_files()
         random.Random("chair-images").shuffle(order)
+        if self.cfg.image_ids is not None:
+            wanted = read_image_ids(Path(self.cfg.image_ids))
+            known = {str(image_id) for image_id, _ in order}
+            unknown = [i for i in wanted if i not in known]
+            if unknown:
+                raise HallbenchError(
+                    f"{self.cfg.image_ids}: {len(unknown)} image id(s) are not in {self.instances} (e.g. {', '.join(unknown[:5])})"
+                )
+            # The file's own order: a published subset is evaluated exactly as listed.
+            by_id = {str(image_id): (image_id, name) for image_id, name in order}
+            order = [by_id[i] for i in wanted]
         return [Sample(str(image_id), [self.images / name], self.prompt, {"image_id": image_id}) for image_id, name in order]
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
@@ -636,5 +675,6 @@ class ChairBenchmark:
             **{k: {"file": str(p), "sha256": sha256_file(p)} if p else None for k, p in files.items()},
             "images": str(self.images),
             "prompt": self.prompt,
+            "image_ids": {"file": str(self.cfg.image_ids), "sha256": sha256_file(Path(self.cfg.image_ids))} if self.cfg.image_ids else None,
             "ground_truth_cache": str(self.scorer.cache_path),
         }

@@ -51,8 +51,9 @@ class DecodingConfig:
 
     decoding: str = "greedy"
     """``greedy``, ``sample`` (temperature / top-p) or ``beam`` (num_beams)."""
-    max_new_tokens: int = 64
-    """Longest answer in tokens."""
+    max_new_tokens: int | None = None
+    """Longest answer in tokens; ``None`` = the benchmark's default (``default_max_new_tokens``: POPE
+    answers are short, CHAIR captions and VQA reasoning must be long enough to finish)."""
     temperature: float = 1.0
     """Sampling temperature (``sample`` only)."""
     top_p: float = 1.0
@@ -67,7 +68,7 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
             raise HallbenchError(f"--decoding must be one of {', '.join(DECODINGS)}, got '{self.decoding}'")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
+        if (self.max_new_tokens is not None and self.max_new_tokens < 1) or self.batch_size < 1:
             raise HallbenchError("--max-new-tokens and --batch-size must be >= 1")
         if self.decoding == "sample" and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise HallbenchError(f"sampling needs --temperature > 0 and 0 < --top-p <= 1, got {self.temperature}, {self.top_p}")
@@ -77,14 +78,21 @@ class DecodingConfig:
             raise HallbenchError(f"--temperature/--top-p only apply to --decoding sample (got --decoding {self.decoding})")
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``model.generate`` (transformers)."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        """Arguments for ``model.generate`` (transformers).
+
+        Every sampling setting is given explicitly, so a checkpoint's ``generation_config.json`` never
+        changes the decoding: Qwen3-VL's samples by default (temperature 0.7, top_p 0.8, top_k 20),
+        which would otherwise turn "greedy" into sampling or narrow the "sample" distribution.
+        """
+        if self.max_new_tokens is None:
+            raise HallbenchError("max_new_tokens is unresolved (EvalConfig fills in the benchmark's default)")
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": 1.0}
         if self.decoding == "greedy":
-            kwargs.update(do_sample=False, num_beams=1)
+            kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
         elif self.decoding == "sample":
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, num_beams=1)
         else:
-            kwargs.update(do_sample=False, num_beams=self.num_beams)
+            kwargs.update(do_sample=False, num_beams=self.num_beams, temperature=None, top_p=None, top_k=None)
         return kwargs
 
 
@@ -96,19 +104,38 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def _user_message(n_images: int, prompt: str) -> list[dict]:
+def chat_messages(n_images: int, prompt: str, system_prompt: str | None = None) -> list[dict]:
+    """The one user turn of a benchmark sample (images first, then the text), after an optional system turn.
+
+    Without ``system_prompt`` the chat template's own default applies (Ministral-3's template
+    inserts its default system prompt; Qwen3-VL's has none).
+    """
     text = prompt.replace("<image>", "").strip()
-    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    messages.append({"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]})
+    return messages
 
 
 class HFBackend:
     """A transformers model (registry name, folder, cached hub id) generating with the KV cache."""
 
-    def __init__(self, model: str, decoding: DecodingConfig, *, device: str | None = None, dtype: str = "auto", loaded: Any = None):
+    def __init__(
+        self,
+        model: str,
+        decoding: DecodingConfig,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        loaded: Any = None,
+        system_prompt: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ):
         from hallbench.models import load_model
 
-        self.decoding = decoding
+        self.decoding, self.system_prompt = decoding, system_prompt
         self.loaded = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+        self.image_size = self.loaded.family.set_pixel_budget(self.loaded.processor, min_pixels, max_pixels)
 
     def describe(self) -> dict[str, Any]:
         resolved = self.loaded.resolved
@@ -119,6 +146,7 @@ class HFBackend:
             "source": resolved.source,
             "path": str(resolved.path) if resolved.path else None,
             "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
+            "image_size": self.image_size,
             **({"training_run": self.loaded.training_run} if self.loaded.training_run else {}),
         }
 
@@ -127,7 +155,7 @@ class HFBackend:
 
         processor, model = self.loaded.processor, self.loaded.model
         texts = [
-            processor.apply_chat_template(_user_message(len(imgs), s.prompt), add_generation_prompt=True)
+            processor.apply_chat_template(chat_messages(len(imgs), s.prompt, self.system_prompt), add_generation_prompt=True)
             for s, imgs in zip(samples, images, strict=True)
         ]
         processor.tokenizer.padding_side = "left"  # generation appends on the right
@@ -145,9 +173,19 @@ class OpenAIBackend:
     the config, the predictions or any message.
     """
 
-    def __init__(self, base_url: str, api_model: str, decoding: DecodingConfig, *, key_env: str = "OPENAI_API_KEY", concurrency: int = 8):
+    def __init__(
+        self,
+        base_url: str,
+        api_model: str,
+        decoding: DecodingConfig,
+        *,
+        key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        system_prompt: str | None = None,
+    ):
         from openai import OpenAI
 
+        self.system_prompt = system_prompt
         if decoding.decoding == "beam":
             raise HallbenchError("the openai backend does not support --decoding beam (chat endpoints have no beam search)")
         self.base_url, self.api_model, self.decoding, self.key_env = base_url, api_model, decoding, key_env
@@ -173,12 +211,17 @@ class OpenAIBackend:
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _one(self, sample: Sample, images: list[Any], seed: int) -> str:
-        content: list[dict] = [{"type": "image_url", "image_url": {"url": self._data_url(im)}} for im in images]
-        content.append({"type": "text", "text": sample.prompt.replace("<image>", "").strip()})
+        messages = chat_messages(len(images), sample.prompt, self.system_prompt)
+        parts = iter(images)
+        for message in messages:
+            message["content"] = [
+                {"type": "image_url", "image_url": {"url": self._data_url(next(parts))}} if part["type"] == "image" else part
+                for part in message["content"]
+            ]
         greedy = self.decoding.decoding == "greedy"
         response = self.client.chat.completions.create(
             model=self.api_model,
-            messages=[{"role": "user", "content": content}],
+            messages=messages,
             max_tokens=self.decoding.max_new_tokens,
             temperature=0.0 if greedy else self.decoding.temperature,
             top_p=1.0 if greedy else self.decoding.top_p,

@@ -346,6 +346,8 @@ class PopeBenchmark:
     """
 
     name = "pope"
+    default_max_new_tokens = 32
+    """An answer such as "Yes, there is a dog in the image." is about 10 tokens; 32 leave room for a hedge."""
 
     def __init__(self, cfg: Any):
         from hallbench.eval.run import MetricInfo

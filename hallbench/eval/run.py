@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +45,8 @@ class Benchmark(Protocol):
 
     name: str
     metrics: dict[str, MetricInfo]
+    default_max_new_tokens: int
+    """Answer length used when ``--max-new-tokens`` is not given."""
 
     def samples(self) -> list[Sample]: ...
 
@@ -118,7 +120,17 @@ class EvalConfig:
     dtype: str = "auto"
     """hf backend: auto, float32, bfloat16 or float16."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    """How answers are generated."""
+    """How answers are generated (``max_new_tokens`` None = the benchmark's ``default_max_new_tokens``)."""
+    system_prompt: str | None = None
+    """A system turn before every question (default: none, so the chat template's own default applies)."""
+    prompt_suffix: str = ""
+    """Text appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase." (lmms-eval's)."""
+    min_pixels: int | None = None
+    """hf backend: smallest image area after resizing (Qwen3-VL); default: the checkpoint's."""
+    max_pixels: int | None = None
+    """hf backend: largest image area (Pixtral: longest edge = its square root); default: the checkpoint's."""
+    image_ids: Path | None = None
+    """CHAIR: a JSON list (or one id per line) of the image ids to caption, e.g. a published 500-image subset."""
 
     # Fields that may change between a run and its resumption without changing any answer.
     # Scoring settings (judge, BERTScore) may change too: a re-run re-scores the same answers.
@@ -138,6 +150,16 @@ class EvalConfig:
             raise HallbenchError(f"unknown --parser '{self.parser}'; choose hallbench or official")
         if self.max_samples is not None and self.max_samples < 1:
             raise HallbenchError("--max-samples must be >= 1")
+        if self.backend == "openai" and (self.min_pixels is not None or self.max_pixels is not None):
+            raise HallbenchError(
+                "--min-pixels/--max-pixels apply to the hf backend; an OpenAI-compatible server resizes images itself "
+                '(vLLM: --mm-processor-kwargs \'{"min_pixels": ..., "max_pixels": ...}\')'
+            )
+        if self.image_ids is not None and self.bench != "chair":
+            raise HallbenchError("--image-ids applies to --bench chair only")
+        if self.decoding.max_new_tokens is None:
+            default = benchmark_class(self.bench).default_max_new_tokens
+            object.__setattr__(self, "decoding", replace(self.decoding, max_new_tokens=default))
 
     def identity(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NON_IDENTITY}
@@ -145,9 +167,13 @@ class EvalConfig:
         return json.loads(json.dumps(values, default=str))
 
 
+def benchmark_class(name: str) -> Any:
+    module_name, class_name = BENCHMARKS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def load_benchmark(cfg: EvalConfig) -> Benchmark:
-    module_name, class_name = BENCHMARKS[cfg.bench].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(cfg)
+    return benchmark_class(cfg.bench)(cfg)
 
 
 def make_backend(cfg: EvalConfig) -> Any:
@@ -155,7 +181,7 @@ def make_backend(cfg: EvalConfig) -> Any:
 
     if cfg.backend == "openai":
         assert cfg.base_url and cfg.api_model
-        return OpenAIBackend(cfg.base_url, cfg.api_model, cfg.decoding, key_env=cfg.api_key_env)
+        return OpenAIBackend(cfg.base_url, cfg.api_model, cfg.decoding, key_env=cfg.api_key_env, system_prompt=cfg.system_prompt)
     device = cfg.device
     if device is None:
         import torch
@@ -163,7 +189,10 @@ def make_backend(cfg: EvalConfig) -> Any:
         from hallbench.eval.engine import DistInfo
 
         device = f"cuda:{DistInfo.from_env().local_rank}" if torch.cuda.is_available() else "cpu"
-    return HFBackend(cfg.model, cfg.decoding, device=device, dtype=cfg.dtype)
+    return HFBackend(
+        cfg.model, cfg.decoding, device=device, dtype=cfg.dtype, system_prompt=cfg.system_prompt,
+        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+    )  # fmt: skip
 
 
 def _previous_config(out: Path) -> dict[str, Any]:
@@ -194,6 +223,8 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
     samples = bench.samples()
     if cfg.max_samples is not None:
         samples = samples[: cfg.max_samples]
+    if cfg.prompt_suffix:
+        samples = [replace(s, prompt=f"{s.prompt}\n{cfg.prompt_suffix}") for s in samples]
     if not samples:
         raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
     cfg.out.mkdir(parents=True, exist_ok=True)

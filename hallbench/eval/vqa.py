@@ -58,6 +58,8 @@ class VqaBenchmark:
     """One sample per question; judge verdicts and BERTScores are added once generation is done."""
 
     name = "vqa"
+    default_max_new_tokens = 1024
+    """Room for the reasoning before the final-answer marker (64 tokens cut most of it off)."""
 
     def __init__(self, cfg: Any):
         from hallbench.eval.run import MetricInfo

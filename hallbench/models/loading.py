@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, ModelNotFoundError
-from hallbench.models.families import Family, get_family
+from hallbench.models.families import Family, family_of_folder, get_family
 from hallbench.models.registry import ResolvedModel, resolve_model
 from hallbench.models.tiny import TinySize, build_tiny
 from hallbench.train.load import find_run_config
@@ -27,36 +26,65 @@ class LoadedModel:
     resolved: ResolvedModel
     training_run: dict[str, Any] | None = None
     """For a hallbench training run: its path, model, variant and evidence settings (see ``hallbench.train.load_run``)."""
+    checkpoint_dtype: str = "float32"
+    """The dtype the weights are stored in (``bfloat16`` for the published checkpoints; float32 for the
+    tiny models); training saves its final weights in it, so a run folder is the checkpoint's size."""
 
     @property
     def display_name(self) -> str:
         return self.resolved.display_name
 
 
-def _read_config(path: Path) -> dict:
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def stored_dtype(path: Path) -> str:
+    """The dtype a checkpoint declares (``config.json`` ``dtype`` / ``torch_dtype``, else its text config's); float32 if none."""
+    import json
+
     try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelNotFoundError(f"cannot read {path / 'config.json'}: {err}") from None
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "float32"
+    for section in (config, config.get("text_config") or {}):
+        value = section.get("dtype") or section.get("torch_dtype")
+        if value in TORCH_DTYPES:
+            return value
+    return "float32"
 
 
-def _load_processor(path: Path, family: Family) -> Any:
-    """The checkpoint's own processor when it loads; else the family's torchvision-free one."""
-    own_class = None
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        file = path / name
-        if file.is_file():
-            own_class = json.loads(file.read_text(encoding="utf-8")).get("processor_class") or own_class
-    hallbench_cls = family.processor_cls()
-    if own_class == hallbench_cls.__name__:
-        return hallbench_cls.from_pretrained(path, local_files_only=True)
+def load_weights(family: Family, path: Path, torch_dtype: Any) -> Any:
+    """``from_pretrained`` of a model folder, never leaving quantized layers behind.
+
+    Ministral-3-3B-Instruct-2512 is published in FP8. On a GPU of compute capability >= 8.9
+    transformers would keep ``FP8Linear`` layers holding float8 weights; any later ``.to(dtype)``
+    then casts the raw float8 values without their scales (outputs thousands of times too large,
+    silently), and full fine-tuning is refused. So FP8 checkpoints are always loaded dequantized
+    (``FineGrainedFP8Config(dequantize=True)``: weight x scale, in ``torch_dtype``) on every device,
+    which is also what transformers does by itself on CPUs and older GPUs.
+    """
+    import json
+
+    from transformers import FineGrainedFP8Config
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
+    quantization = config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method")
+        if method != "fp8":
+            raise HallbenchError(
+                f"{path} is quantized with '{method}'; hallbench trains and evaluates full-precision weights and dequantizes "
+                "FP8 checkpoints only. Use the unquantized checkpoint."
+            )
+        kwargs["quantization_config"] = FineGrainedFP8Config(dequantize=True)
     try:
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        # Typically a missing torchvision (video processor, Pixtral helper): images only is enough here.
-        return hallbench_cls.from_pretrained(path, local_files_only=True)
+        model = family.model_cls().from_pretrained(str(path), **kwargs)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load the weights in {path}: {err}") from None
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise HallbenchError(f"{path}: the model is still quantized after loading with dequantize=True; refusing to use it")
+    return model
 
 
 def load_model(
@@ -73,7 +101,8 @@ def load_model(
         name_or_path: a registry name (``qwen2b``, ``tiny-qwen``, ...), a folder written by
             ``save_pretrained``, or a hub id already in the local Hugging Face cache.
         dtype: ``auto`` (bf16 on a GPU with bf16 support, else float32), ``float32``, ``bfloat16``
-            or ``float16``.
+            or ``float16``. The weights are loaded in it directly (never loaded in one dtype and
+            cast), so a bf16 checkpoint loaded in bf16 takes its own size in memory.
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: the first GPU if any, else CPU.
         tiny_size: dimensions for the tiny models (ignored for others).
         seed: initialisation seed for the tiny models (ignored for others).
@@ -89,29 +118,28 @@ def load_model(
         use_bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
     else:
-        try:
-            torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        except KeyError:
-            raise HallbenchError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16") from None
+        if dtype not in TORCH_DTYPES:
+            raise HallbenchError(f"unknown dtype '{dtype}'; use auto, {', '.join(TORCH_DTYPES)}")
+        torch_dtype = getattr(torch, dtype)
 
     if resolved.path is None:
         assert resolved.spec is not None
         family = get_family(resolved.spec.family)
         model, processor = build_tiny(resolved.spec.name, tiny_size or TinySize(), seed)
+        model = model.to(dtype=torch_dtype)
+        checkpoint_dtype = "float32"
     elif find_run_config(resolved.path) is not None:
         # A hallbench training run (or one of its checkpoints): weights plus evidence modules.
         from hallbench.train.load import load_run
 
         return load_run(resolved.path, dtype=torch_dtype, device=device)
     else:
-        family = get_family(_read_config(resolved.path).get("model_type", "<missing model_type>"))
-        processor = _load_processor(resolved.path, family)
-        try:
-            model = family.model_cls().from_pretrained(resolved.path, dtype=torch_dtype, local_files_only=True)
-        except OSError as err:
-            raise ModelNotFoundError(f"cannot load the weights in {resolved.path}: {err}") from None
-    model = model.to(device=device, dtype=torch_dtype).eval()
-    return LoadedModel(model=model, processor=processor, family=family, resolved=resolved)
+        family = family_of_folder(resolved.path)
+        processor = family.load_processor(resolved.path)
+        model = load_weights(family, resolved.path, torch_dtype)
+        checkpoint_dtype = stored_dtype(resolved.path)
+    model = model.to(device=device).eval()
+    return LoadedModel(model=model, processor=processor, family=family, resolved=resolved, checkpoint_dtype=checkpoint_dtype)
 
 
 def chat_inputs(processor: Any, images: list[Any], prompts: list[str]) -> Any:

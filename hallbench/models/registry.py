@@ -105,7 +105,8 @@ def resolve_model(name_or_path: str, basemodel: Path | None = None) -> ResolvedM
         )
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        # A LoRA run's checkpoint-N holds adapter_config.json instead (its base is named by the run).
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(
                 f"{path} is not a model folder: it has no config.json. Expected a folder written by "
                 f"save_pretrained (config.json, *.safetensors, processor files)."

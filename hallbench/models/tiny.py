@@ -3,9 +3,11 @@
 ``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration`` and ``tiny-ministral`` a
 ``Mistral3ForConditionalGeneration`` (text model ``ministral3``, Pixtral vision tower): the real
 transformers classes, shrunk to a few layers, with random weights from a fixed seed. Their
-processors are real too: the Qwen2-VL / Pixtral image processors (PIL backends) and a word-level
-``tokenizers`` tokenizer over the shapes-world vocabulary, plus a chat template in each family's
-format. They save with ``save_pretrained``, reload with ``from_pretrained`` and generate exactly
+processors are transformers' own ``Qwen3VLProcessor`` (Qwen2-VL image processor, Qwen3-VL video
+processor) and ``PixtralProcessor``, around a word-level ``tokenizers`` tokenizer over the
+shapes-world vocabulary, with a short chat template in each family's format (the real templates,
+with their default system prompts, are in the checkpoint-shaped fixtures of
+``hallbench.models.checkpoint_shapes``). They save with ``save_pretrained``, reload with ``from_pretrained`` and generate exactly
 like the full-size checkpoints.
 """
 
@@ -111,18 +113,18 @@ def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str |
 def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """A random-init ``Qwen3VLForConditionalGeneration`` and its processor."""
     import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from hallbench.models.processors import Qwen3VLImageProcessorOnly
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     tokenizer = build_tokenizer(QWEN_SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
     pixels = size.image_size * size.image_size
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2, size={"shortest_edge": pixels, "longest_edge": pixels},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )  # fmt: skip
-    processor = Qwen3VLImageProcessorOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=QWEN_CHAT_TEMPLATE
+    )
     head_dim = size.hidden_size // size.num_heads
     half = head_dim // 2  # multimodal RoPE splits the rotary half-dimension into (t, h, w) sections
     mrope_section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
@@ -168,17 +170,14 @@ def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, An
 def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """A random-init ``Mistral3ForConditionalGeneration`` (Ministral-3 text, Pixtral vision) and its processor."""
     import torch
-    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
-    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
-
-    from hallbench.models.processors import PixtralImageProcessorOnly
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor, PixtralProcessor
 
     tokenizer = build_tokenizer(MISTRAL_SPECIAL_TOKENS, pad="<pad>", eos="</s>", bos="<s>")
-    image_processor = PixtralImageProcessorPil(
+    image_processor = PixtralImageProcessor(
         size={"longest_edge": size.image_size}, patch_size={"height": 16, "width": 16},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )  # fmt: skip
-    processor = PixtralImageProcessorOnly(
+    processor = PixtralProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=16, spatial_merge_size=2, chat_template=MISTRAL_CHAT_TEMPLATE
     )
     head_dim = size.hidden_size // size.num_heads

@@ -55,6 +55,10 @@ class TrainConfig:
     """Steps whose gradients are summed before each update."""
     max_length: int = 4096
     """Longest sample in tokens (image tokens included); longer samples are an error, never truncated."""
+    min_pixels: int | None = None
+    """Qwen3-VL: smallest image area after resizing, in pixels (default: the checkpoint's; 65,536 for the published ones)."""
+    max_pixels: int | None = None
+    """Largest image area in pixels (Qwen3-VL; Pixtral bounds the longest edge to its square root); default: the checkpoint's."""
     precision: str = "auto"
     """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
     save_total_limit: int = 2
@@ -96,6 +100,8 @@ class TrainConfig:
             problems.append("lora_rank must be >= 0")
         if self.lora_rank and self.deepspeed == "zero3":
             problems.append("LoRA with ZeRO-3 is not supported by hallbench; use --deepspeed zero2 (LoRA leaves little to shard)")
+        if any(v is not None and v < 1 for v in (self.min_pixels, self.max_pixels)):
+            problems.append("min_pixels and max_pixels must be >= 1")
         if self.max_length < 8 or self.logging_steps < 1 or self.save_total_limit < 1:
             problems.append("max_length must be >= 8, logging_steps and save_total_limit >= 1")
         from hallbench.models.tiny import TinySize

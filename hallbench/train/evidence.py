@@ -11,7 +11,9 @@ Invariants:
 - No parameter is stuck: exactly one element is zero, so its gradient at step 0 is non-zero (the
   other factors are non-zero), and after the first update every other parameter sees a non-zero
   gradient. (A zero gate times a zero projection would keep both at zero forever.)
-- Evidence is added at text positions only, never at visual-token or padding positions.
+- Evidence is added at text positions only: never at padding, and never at any vision token (the
+  image placeholders and the markers around or between them: Qwen3-VL's ``<|vision_start|>`` /
+  ``<|vision_end|>``, Pixtral's ``[IMG_BREAK]`` / ``[IMG_END]``; the family adapter lists them).
 """
 
 from __future__ import annotations
@@ -220,14 +222,12 @@ class EvidenceModel:
         self.handles.clear()
 
 
-def image_token_ids(model: Any) -> list[int]:
-    config = model.config
-    ids = [getattr(config, "image_token_id", None), getattr(config, "image_token_index", None), getattr(config, "video_token_id", None)]
-    return [i for i in ids if i is not None]
-
-
-def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig) -> EvidenceModel | None:
+def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig, processor: Any) -> EvidenceModel | None:
     """Create the evidence modules for ``model`` and hook them in; ``None`` when evidence is off.
+
+    ``processor`` gives the vision token ids (``family.memory_tokens``: the positions whose input
+    embeddings form the visual memory V; ``family.vision_special_tokens``: every position that is
+    never injected).
 
     The modules are registered on the model as ``model.evidence`` so that the optimizer, DeepSpeed,
     ``.to()`` and ``state_dict`` see them like any other parameter.
@@ -243,7 +243,8 @@ def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig) -> EvidenceMod
     model.evidence = modules
     state = EvidenceState()
     evidence = EvidenceModel(modules, cfg, state, cfg.aux_layer_set(len(layers)))
-    visual_ids = torch.tensor(image_token_ids(model))
+    memory_ids = torch.tensor(family.token_ids(processor, family.memory_tokens))
+    vision_ids = torch.tensor(family.token_ids(processor, family.vision_special_tokens))
 
     def capture_ids(module: Any, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -255,7 +256,8 @@ def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig) -> EvidenceMod
         input_ids = state.input_ids
         if embeds is None or input_ids is None or input_ids.shape != embeds.shape[:2]:
             return
-        is_visual = torch.isin(input_ids, visual_ids.to(input_ids.device))
+        is_visual = torch.isin(input_ids, memory_ids.to(input_ids.device))
+        is_vision_token = torch.isin(input_ids, vision_ids.to(input_ids.device))
         mask = (
             state.attention_mask.bool()
             if state.attention_mask is not None and state.attention_mask.shape == input_ids.shape
@@ -271,7 +273,7 @@ def attach_evidence(model: Any, family: Any, cfg: EvidenceConfig) -> EvidenceMod
             visual = visual.index_put((rows, slots), embeds[is_visual])
             visual_mask = torch.arange(n, device=embeds.device)[None, :] < counts[:, None]
             state.visual, state.visual_mask = visual, visual_mask
-        state.text_mask = mask & ~is_visual
+        state.text_mask = mask & ~is_vision_token
         state.aux = {}
 
     def make_layer_hook(index: int):

@@ -32,7 +32,7 @@ def load_run(path: str | Path, *, dtype: Any = None, device: str = "cpu") -> Any
     import torch
 
     from hallbench.models.families import get_family
-    from hallbench.models.loading import LoadedModel, _load_processor
+    from hallbench.models.loading import LoadedModel, load_weights, stored_dtype
     from hallbench.models.registry import ResolvedModel
     from hallbench.train.evidence import EvidenceConfig, attach_evidence
     from hallbench.train.run import SUMMARY_FILE
@@ -50,15 +50,16 @@ def load_run(path: str | Path, *, dtype: Any = None, device: str = "cpu") -> Any
     family = get_family(run["model"]["family"])
     evidence_cfg = EvidenceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["evidence"].items()})
     torch_dtype = dtype or torch.float32
-    try:
-        model = family.model_cls().from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    except OSError as err:
-        raise HallbenchError(f"cannot load the weights in {path}: {err}") from None
-    processor = _load_processor(path if (path / "tokenizer_config.json").is_file() else config_path.parent, family)
-    evidence = attach_evidence(model, family, evidence_cfg)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        model = _merged_lora_checkpoint(path, run, torch_dtype)
+    else:
+        model = load_weights(family, path, torch_dtype)
+    processor = family.load_processor(path if (path / "tokenizer_config.json").is_file() else config_path.parent)
+    evidence = attach_evidence(model, family, evidence_cfg, processor)
     if evidence is not None:
         load_evidence(evidence, path)
     model = model.to(device=device, dtype=torch_dtype).eval()
+    base_folder = config_path.parent
     training_run = {
         "path": str(path),
         "model": run["model"],
@@ -67,5 +68,34 @@ def load_run(path: str | Path, *, dtype: Any = None, device: str = "cpu") -> Any
         "git_commit": run.get("git_commit"),
     }
     return LoadedModel(
-        model=model, processor=processor, family=family, resolved=ResolvedModel(None, path, "run"), training_run=training_run
+        model=model,
+        processor=processor,
+        family=family,
+        resolved=ResolvedModel(None, path, "run"),
+        training_run=training_run,
+        checkpoint_dtype=stored_dtype(base_folder if (base_folder / "config.json").is_file() else path),
     )
+
+
+def _merged_lora_checkpoint(path: Path, run: dict, torch_dtype: Any) -> Any:
+    """A LoRA run's ``checkpoint-N`` holds only the adapters: load the run's base model, apply them and merge."""
+    from peft import PeftModel
+
+    from hallbench.models.loading import load_model
+    from hallbench.models.tiny import TinySize
+
+    base_name = run["model"].get("path") or run["model"]["name"]
+    train = run.get("train", {})
+    try:
+        base = load_model(
+            base_name, dtype=str(torch_dtype).replace("torch.", ""), device="cpu",
+            tiny_size=TinySize(**train.get("tiny_size", {})), seed=train.get("tiny_seed", 0),
+        )  # fmt: skip
+    except HallbenchError as err:
+        raise HallbenchError(
+            f"{path} is a LoRA checkpoint; its base model '{base_name}' (from the run config) cannot be loaded: {err}"
+        ) from None
+    try:
+        return PeftModel.from_pretrained(base.model, str(path), is_trainable=False).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise HallbenchError(f"cannot apply the LoRA adapters in {path} to '{base_name}': {err}") from None

@@ -200,17 +200,20 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     evidence_cfg = cfg.evidence
     precision = _precision(cfg)
 
+    # TrainingArguments first: with ZeRO-3 they register the DeepSpeed config, and only then does
+    # from_pretrained partition the weights while loading (each rank never holds the whole model).
+    args = _training_arguments(cfg, folder, precision)
     set_seed(cfg.seed)
     from hallbench.models.tiny import TinySize
 
-    loaded = load_model(cfg.model, dtype="float32", device="cpu", seed=cfg.tiny_seed, tiny_size=TinySize(**cfg.tiny_size))
+    loaded = load_model(cfg.model, dtype=_load_dtype(cfg, precision), device="cpu", seed=cfg.tiny_seed, tiny_size=TinySize(**cfg.tiny_size))
     model, processor, family = loaded.model, loaded.processor, loaded.family
+    pixel_budget = family.set_pixel_budget(processor, cfg.min_pixels, cfg.max_pixels)
     dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length, cache=cfg.cache_data)
     torch.manual_seed(cfg.seed)  # evidence initialisation does not depend on what loading consumed
-    evidence = attach_evidence(model, family, evidence_cfg)
+    evidence = attach_evidence(model, family, evidence_cfg, processor)
     model.train()
     model = _freeze(model, family, cfg)
-    args = _training_arguments(cfg, folder, precision)
     folder.mkdir(parents=True, exist_ok=True)
 
     config_path = folder / RUN_CONFIG_FILE
@@ -229,6 +232,9 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         "train": cfg.to_dict(),
         "identity": _identity(cfg),
         "precision": precision,
+        "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "saved_dtype": loaded.checkpoint_dtype,
+        "image_size": pixel_budget,
         "data": {
             "train": str(cfg.data),
             "train_sha256": sha256_file(cfg.data),
@@ -259,6 +265,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         callbacks=[JsonlLogCallback(folder / TRAIN_LOG_FILE)],
         evidence=evidence,
         evidence_cfg=evidence_cfg,
+        final_dtype=getattr(torch, loaded.checkpoint_dtype),
     )
     if not progress:
         from transformers.trainer_callback import ProgressCallback
@@ -270,7 +277,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     output = trainer.train(resume_from_checkpoint=checkpoint)
 
     if cfg.lora_rank:
-        trained = _save_merged(trainer, folder, processor, evidence_cfg)
+        trained = _save_merged(trainer, folder, processor, getattr(torch, loaded.checkpoint_dtype))
     else:
         trainer.save_model(str(folder))
         trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -281,19 +288,49 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         "metrics": output.metrics,
         "resumed_from": checkpoint,
         "last_log": _last_log(folder / TRAIN_LOG_FILE),
+        "peak_host_rss_gb": _peak_rss_per_rank(),
     }
     if _is_main_process():
         write_json_atomic(folder / SUMMARY_FILE, summary)
     return TrainResult(folder, "trained", summary, trained)
 
 
-def _save_merged(trainer: Any, folder: Path, processor: Any, evidence_cfg: Any) -> Any:
+def _load_dtype(cfg: TrainConfig, precision: str) -> str:
+    """The dtype the weights are loaded in for training.
+
+    bf16 (the published checkpoints' own dtype, half the host memory of fp32) where no update is
+    applied to bf16 weights: under DeepSpeed (its optimizer keeps fp32 master weights) and for LoRA
+    (the base weights are frozen; peft keeps the adapters in fp32). Plain full fine-tuning keeps
+    fp32 weights with bf16 autocast: AdamW updates at lr 1e-5 are below bf16's resolution (2^-8
+    relative) and would be lost.
+    """
+    if precision in ("bf16", "fp16") and (cfg.deepspeed or cfg.lora_rank):
+        return "bfloat16" if precision == "bf16" else "float16"
+    return "float32"
+
+
+def _peak_rss_per_rank() -> list[float]:
+    """Peak resident host memory (GB) of every rank, in rank order (this process alone without torch.distributed)."""
+    import resource
+
+    import torch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, peak)
+        return [round(float(v), 3) for v in gathered]
+    return [round(peak, 3)]
+
+
+def _save_merged(trainer: Any, folder: Path, processor: Any, dtype: Any) -> Any:
     """LoRA: merge the adapters into the weights so that the run folder is a plain model + evidence."""
-    from hallbench.train.trainer import save_evidence, split_evidence_state
+    from hallbench.train.trainer import cast_state_dict, save_evidence, split_evidence_state
 
     merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     if trainer.args.should_save:
         own, evidence_state = split_evidence_state(merged.state_dict())
+        own = cast_state_dict(own, dtype)
         merged.save_pretrained(str(folder), state_dict=own)
         processor.save_pretrained(str(folder))
         if evidence_state:

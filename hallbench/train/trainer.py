@@ -57,6 +57,22 @@ def split_evidence_state(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str,
     return own, evidence
 
 
+def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors cast to ``dtype``; tensors that share storage (tied embeddings) still share it,
+    so that ``save_pretrained`` keeps writing them once."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, value in state_dict.items():
+        if not value.is_floating_point() or value.dtype == dtype:
+            out[key] = value
+            continue
+        identity = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        if identity not in cast:
+            cast[identity] = value.to(dtype)
+        out[key] = cast[identity]
+    return out
+
+
 def save_evidence(evidence_state: dict[str, torch.Tensor], folder: Path) -> None:
     from safetensors.torch import save_file
 
@@ -81,8 +97,10 @@ def load_evidence(evidence: EvidenceModel, folder: Path) -> None:
 
 
 class EvidenceTrainer(Trainer):
-    def __init__(self, *args: Any, evidence: EvidenceModel | None, evidence_cfg: EvidenceConfig, **kwargs: Any):
+    def __init__(self, *args: Any, evidence: EvidenceModel | None, evidence_cfg: EvidenceConfig, final_dtype: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.final_dtype = final_dtype
+        """dtype of the final weights in the run folder (the base checkpoint's); checkpoints keep the training dtype for exact resume."""
         self.model_accepts_loss_kwargs = False
         self.evidence = evidence
         self.evidence_cfg = evidence_cfg
@@ -138,13 +156,20 @@ class EvidenceTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.evidence is None:
+        # The final save writes the model's own weights in the base checkpoint's dtype (a bf16
+        # checkpoint gives a bf16 run folder); checkpoint-N folders keep the training dtype, so that
+        # a resumed run continues from exactly the weights it stopped with.
+        final = Path(output_dir).resolve() == Path(self.args.output_dir).resolve()
+        cast = final and self.final_dtype is not None
+        if self.evidence is None and not cast:
             return super()._save(output_dir, state_dict)
         if state_dict is None:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         own, evidence_state = split_evidence_state(state_dict)
+        if cast:
+            own = cast_state_dict(own, self.final_dtype)
         super()._save(output_dir, own)
-        if self.args.should_save:
+        if self.args.should_save and evidence_state:
             save_evidence(evidence_state, Path(output_dir))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
