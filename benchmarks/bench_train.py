@@ -3,7 +3,15 @@
     python benchmarks/bench_train.py                                  # tiny-qwen on the CPU
     python benchmarks/bench_train.py --model tiny-ministral
     python benchmarks/bench_train.py --model medium-qwen --batch-size 4 --steps 6 --warmup 2 --rounds 1   # ~100M parameters, CPU
-    python benchmarks/bench_train.py --model qwen2b-shape --batch-size 4 --steps 20   # on a GPU: Qwen3-VL-2B dimensions, random weights
+    python benchmarks/bench_train.py --model qwen2b-shape --batch-size 4 --steps 20   # on a GPU: Qwen3-VL-2B, random weights
+    python benchmarks/bench_train.py --model qwen2b-shape --lora-rank 16 --variants base,ours --batch-size 1 --steps 1 --warmup 0 --rounds 1 --device cpu
+
+``*-shape`` models (qwen2b-shape, qwen4b-shape, ministral3b-shape) are the checkpoint-shaped folders
+of ``hallbench.models.checkpoint_shapes`` at full width and depth: the published configs, real
+tokenizer and processor, random weights (Ministral's in FP8, loaded dequantized as hallbench always
+does), built once in a temporary folder and loaded by every worker with ``load_model``, as a user's
+download would be. On a GPU the weights are loaded in bf16 and the step runs in bf16; the script
+also reports tokens/s and MFU (6 x parameters x tokens / step time / ``--peak-tflops``).
 
 Each variant runs in its own process (so that peak memory is its own) through the real training
 path: ``EvidenceTrainer`` with the AdamW optimizer, the collator and the shapes-world conversations
@@ -33,25 +41,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"ours": {"step_time": 1.15, "peak_memory": 1.10}}
 
-# Qwen/Qwen3-VL-2B-Instruct's dimensions (its config.json); weights are random, the tokenizer is the
-# tiny word-level one (its ids are valid in the 151,936-entry vocabulary).
-QWEN2B_TEXT = {
-    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
-    "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
-}  # fmt: skip
-QWEN2B_VISION = {
-    "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048, "patch_size": 16,
-    "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17],
-    "hidden_act": "gelu_pytorch_tanh",
-}  # fmt: skip
+SHAPES = {"qwen2b-shape": "qwen2b", "qwen4b-shape": "qwen4b", "ministral3b-shape": "ministral3b"}
 
 
-def build(model_name: str, device: str):
+def build(model_name: str, device: str, shape_dir: str | None = None, dtype: str = "float32"):
     """(model, processor, family) with random weights."""
-    import torch
-
-    from hallbench.models import build_tiny, get_family
+    from hallbench.models import build_tiny, get_family, load_model
     from hallbench.models.tiny import TinySize
 
     if model_name == "medium-qwen":
@@ -61,26 +56,12 @@ def build(model_name: str, device: str):
         )
         model, processor = build_tiny("tiny-qwen", size)
         return model.to(device), processor, get_family("qwen3_vl")
-    if model_name != "qwen2b-shape":
-        model, processor = build_tiny(model_name)
-        family = get_family("qwen3_vl" if "qwen" in model_name else "mistral3")
-        return model.to(device), processor, family
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    _, processor = build_tiny("tiny-qwen", TinySize(image_size=448))  # 448 px = 196 visual tokens per image
-    config = Qwen3VLConfig(
-        text_config={**QWEN2B_TEXT, "pad_token_id": processor.tokenizer.pad_token_id},
-        vision_config=QWEN2B_VISION,
-        image_token_id=processor.image_token_id,
-        video_token_id=processor.video_token_id,
-        vision_start_token_id=processor.vision_start_token_id,
-        vision_end_token_id=processor.vision_end_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3VLForConditionalGeneration(config)
-    return model, processor, get_family("qwen3_vl")
+    if model_name in SHAPES:
+        loaded = load_model(str(shape_dir), device=device, dtype=dtype)
+        return loaded.model, loaded.processor, loaded.family
+    model, processor = build_tiny(model_name)
+    family = get_family("qwen3_vl" if "qwen" in model_name else "mistral3")
+    return model.to(device), processor, family
 
 
 def _rss_mb() -> float:
@@ -100,7 +81,9 @@ def worker(args: argparse.Namespace) -> None:
     from hallbench.train.trainer import EvidenceTrainer
 
     device = args.device
-    model, processor, family = build(args.model, device)
+    on_gpu = device.startswith("cuda")
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    model, processor, family = build(args.model, device, args.shape_dir, "bfloat16" if bf16 and args.model in SHAPES else "float32")
     world = generate_shapes(ShapesConfig(seed=0, n_train=24, n_val=0), Path(tempfile.mkdtemp(prefix="bench_train_")))
     dataset = ConversationDataset(world / "train.json", world / "images", processor, family, 4096)
     encoded = [dataset[i] for i in range(min(len(dataset), 64))]
@@ -108,6 +91,17 @@ def worker(args: argparse.Namespace) -> None:
     cfg = evidence_config(args.worker)
     evidence = attach_evidence(model, family, cfg, processor)
     family.vision_tower(model).requires_grad_(False)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        # As hallbench train --lora-rank: the language model's linear layers; evidence trained in full.
+        lora = LoraConfig(
+            r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        )  # fmt: skip
+        model = get_peft_model(model, lora)
+        if evidence is not None:
+            model.get_base_model().evidence.requires_grad_(True)
     model.train()
 
     class StepTimer(TrainerCallback):
@@ -127,10 +121,9 @@ def worker(args: argparse.Namespace) -> None:
             self.times.append(time.perf_counter() - self.start)
 
     timer = StepTimer()
-    on_gpu = device.startswith("cuda")
     training_args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="bench_train_out_"), max_steps=args.warmup + args.steps, learning_rate=1e-5,
-        per_device_train_batch_size=args.batch_size, bf16=on_gpu and torch.cuda.is_bf16_supported(), save_strategy="no",
+        per_device_train_batch_size=args.batch_size, bf16=bf16, save_strategy="no",
         logging_steps=10**6, report_to=[], use_cpu=not on_gpu, disable_tqdm=True, dataloader_num_workers=0, seed=0,
     )  # fmt: skip
     trainer = EvidenceTrainer(
@@ -143,14 +136,23 @@ def worker(args: argparse.Namespace) -> None:
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     measured = timer.times[args.warmup :]
+    step_time = statistics.median(measured)
+    tokens = statistics.mean(len(e.input_ids) for e in encoded) * args.batch_size
+    parameters = sum(p.numel() for p in model.parameters())
+    flops = 6 * parameters * tokens / step_time  # the usual dense estimate; attention and the frozen tower's share are left out
     print(
         json.dumps(
             {
                 "variant": args.worker,
-                "step_time_s": statistics.median(measured),
+                "step_time_s": step_time,
                 "step_times_s": measured,
                 "peak_memory_mb": peak,
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "tokens_per_step": tokens,
+                "tokens_per_s": tokens / step_time,
+                "mfu": flops / (args.peak_tflops * 1e12) if on_gpu else None,
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "parameters": parameters,
                 "evidence_parameters": sum(p.numel() for p in evidence.modules.parameters()) if evidence else 0,
             }
         )
@@ -159,7 +161,17 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-qwen", help="tiny-qwen, tiny-ministral, medium-qwen (~100M, CPU) or qwen2b-shape (GPU)")
+    parser.add_argument(
+        "--model",
+        default="tiny-qwen",
+        help="tiny-qwen, tiny-ministral, medium-qwen (~100M, CPU), qwen2b-shape, qwen4b-shape, ministral3b-shape",
+    )
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA on the language model (as hallbench train --lora-rank); 0 = full")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak for MFU (H100/H200 SXM: 989)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: benchmarks/results/bench_train_<model>[_loraR]_<device>.json)"
+    )
+    parser.add_argument("--shape-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variants", default="base,m,ma,ours")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="measured steps per round")
@@ -179,16 +191,32 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",")]
     if variants[0] != "base":
         variants = ["base", *[v for v in variants if v != "base"]]
+    extra: list[str] = []
+    if args.model in SHAPES:
+        shape_dir = Path(tempfile.mkdtemp(prefix="bench_train_shape_")) / args.model
+        started = time.perf_counter()
+        # In its own process: building holds the fp32 model (8 GB for the 2B), which this process must not keep.
+        code = (
+            "import sys; from hallbench.models.checkpoint_shapes import ShapeOptions, build_checkpoint_shaped; "
+            "build_checkpoint_shaped(sys.argv[1], sys.argv[2], ShapeOptions(full_width=True, text_layers=None))"
+        )
+        subprocess.run([sys.executable, "-c", code, SHAPES[args.model], str(shape_dir)], check=True, capture_output=True)
+        print(f"built {shape_dir} in {time.perf_counter() - started:.0f} s")
+        extra = ["--shape-dir", str(shape_dir)]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for round_ in range(args.rounds):
         for variant in variants:
-            command = [sys.executable, __file__, *sys.argv[1:], "--worker", variant, "--device", args.device]
+            command = [sys.executable, __file__, *sys.argv[1:], *extra, "--worker", variant, "--device", args.device]
             proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             runs[variant].append(result)
-            print(f"round {round_ + 1} {variant:>5}: {result['step_time_s'] * 1000:8.1f} ms/step  peak {result['peak_memory_mb']:8.1f} MB")
+            mfu = f"  MFU {result['mfu']:.3f}" if result.get("mfu") is not None else ""
+            print(
+                f"round {round_ + 1} {variant:>5}: {result['step_time_s'] * 1000:8.1f} ms/step  peak {result['peak_memory_mb']:8.1f} MB"
+                f"  peak RSS {result['peak_rss_mb'] / 1024:6.2f} GB{mfu}"
+            )
 
     best = {v: min(rs, key=lambda r: r["step_time_s"]) for v, rs in runs.items()}
     peak = {v: min(r["peak_memory_mb"] for r in rs) for v, rs in runs.items()}
@@ -205,6 +233,10 @@ def main() -> None:
             "peak_memory_ratio": memory_ratio,
             "evidence_parameters": best[v]["evidence_parameters"],
             "parameters": best[v]["parameters"],
+            "trainable_parameters": best[v]["trainable_parameters"],
+            "peak_rss_gb": max(r["peak_rss_mb"] for r in runs[v]) / 1024,
+            "tokens_per_s": best[v]["tokens_per_s"],
+            "mfu": best[v]["mfu"],
         }
         print(f"{v:>8} {best[v]['step_time_s'] * 1000:9.1f} {time_ratio:7.3f} {peak[v]:9.1f} {memory_ratio:7.3f}")
     checks = {
@@ -224,13 +256,15 @@ def main() -> None:
         else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_train_{args.model}_{'gpu' if args.device.startswith('cuda') else 'cpu'}.json"
+    lora = f"_lora{args.lora_rank}" if args.lora_rank else ""
+    out = args.out or RESULTS / f"bench_train_{args.model}{lora}_{'gpu' if args.device.startswith('cuda') else 'cpu'}.json"
     out.write_text(
         json.dumps(
             {
                 "model": args.model,
                 "device": device_name,
                 "batch_size": args.batch_size,
+                "lora_rank": args.lora_rank,
                 "steps": args.steps,
                 "warmup": args.warmup,
                 "rounds": args.rounds,

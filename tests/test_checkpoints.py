@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from hallbench.cli import app
+from hallbench.errors import HallbenchError
 from hallbench.models import chat_inputs, load_model
 from hallbench.models.checkpoint_shapes import CHECKPOINTS, FP8_MAX, ShapeOptions, build_checkpoint_shaped, reference_config
 
@@ -235,3 +236,32 @@ def test_train_save_reload_evaluate_report(name, use_basemodel, shapes_dir, tmp_
     assert report is not None
     row = next(line for line in table2.splitlines() if "| Ours |" in line)
     assert row.startswith(f"| {run_config['model']['display_name']} |")  # Qwen3-VL-2B, Qwen3-VL-4B, Ministral-3-3B
+
+
+def test_pixel_budget_sets_the_number_of_visual_tokens(basemodel, val_images):
+    qwen = load_model(str(basemodel / CHECKPOINTS["qwen2b"]), device="cpu")
+    default = chat_inputs(qwen.processor, val_images[:1], ["Is there a star?"])
+    assert int((default["input_ids"] == 151655).sum()) == 64  # 128 px upscaled to 256 px by min_pixels 65536
+    assert qwen.family.set_pixel_budget(qwen.processor, 4096, 4096) == {"min_pixels": 4096, "max_pixels": 4096}
+    small = chat_inputs(qwen.processor, val_images[:1], ["Is there a star?"])
+    assert int((small["input_ids"] == 151655).sum()) == 4  # 64 x 64 px: 4 x 4 patches, merged 2 x 2
+    mistral = load_model(str(basemodel / CHECKPOINTS["ministral3b"]), device="cpu")
+    assert mistral.family.set_pixel_budget(mistral.processor, None, 56 * 56) == {"longest_edge": 56}
+    assert int((chat_inputs(mistral.processor, val_images[:1], ["?"])["input_ids"] == 10).sum()) == 4  # 56 px = 2 x 2 merged
+    with pytest.raises(HallbenchError, match="never upscale"):
+        mistral.family.set_pixel_budget(mistral.processor, 1024, None)
+
+
+def test_system_prompt_replaces_the_templates_default(basemodel):
+    from hallbench.eval.engine import chat_messages
+
+    qwen = load_model(str(basemodel / CHECKPOINTS["qwen2b"]), device="cpu").processor
+    mistral = load_model(str(basemodel / CHECKPOINTS["ministral3b"]), device="cpu").processor
+
+    def render(processor, system):
+        return processor.apply_chat_template(chat_messages(1, "Is there a cat?", system), add_generation_prompt=True)
+
+    assert render(qwen, None).startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Is there a cat?")
+    assert render(qwen, "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert "You are Ministral-3-3B-Instruct-2512" in render(mistral, None)  # the template's own default
+    assert render(mistral, "Be brief.") == "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]Is there a cat?[/INST]"

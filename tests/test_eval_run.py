@@ -274,3 +274,61 @@ def test_two_ranks_with_torchrun_merge_to_the_single_process_result(tmp_path, sh
     ranks = [len((tmp_path / "two" / f"predictions.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
     assert ranks == [9, 7]  # 16 questions in batches of 3: rank 0 has batches 0, 2, 4 (3+3+3), rank 1 has 1, 3, 5 (3+3+1)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["pooled"]["n"] == 16
+
+
+def test_each_benchmark_has_its_own_default_answer_length(tmp_path, pope_dir, shapes_dir):
+    lengths = {bench: EvalConfig(bench=bench, out=tmp_path, data=pope_dir).decoding.max_new_tokens for bench in ("pope", "chair", "vqa")}
+    assert lengths == {"pope": 32, "chair": 512, "vqa": 1024}
+    assert EvalConfig(bench="chair", out=tmp_path, decoding=DecodingConfig(max_new_tokens=77)).decoding.max_new_tokens == 77
+    run_eval(
+        EvalConfig(bench="pope", data=pope_dir, out=tmp_path / "run", split="random"), backend=ScriptedBackend(_oracle), progress=False
+    )
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["eval"]["decoding"]["max_new_tokens"] == 32
+
+
+def test_prompt_suffix_is_sent_recorded_and_part_of_the_identity(tmp_path, pope_dir):
+    seen = []
+
+    def answer(sample):
+        seen.append(sample.prompt)
+        return _oracle(sample)
+
+    suffix = "Answer the question using a single word or phrase."
+    cfg = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random", prompt_suffix=suffix)
+    run_eval(cfg, backend=ScriptedBackend(answer), progress=False)
+    assert seen and all(p.endswith("?\n" + suffix) for p in seen)
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["prompt"].endswith("\n" + suffix) for r in records)
+    with pytest.raises(HallbenchError, match="prompt_suffix"):
+        run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False)
+
+
+def test_chair_image_ids_evaluate_exactly_the_listed_subset_in_order(tmp_path, shapes_dir):
+    from pycocotools.coco import COCO
+
+    ids = sorted(COCO(str(shapes_dir / "annotations" / "instances_val.json")).getImgIds())
+    wanted = [ids[5], ids[0], ids[3]]
+    listing = tmp_path / "subset.json"
+    listing.write_text(json.dumps(wanted))
+    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "run", image_ids=listing)
+    summary = run_eval(cfg, backend=ScriptedBackend(lambda s: "A star."), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in records] == wanted and summary["metrics"]["n"] == 3
+    lines = tmp_path / "subset.txt"
+    lines.write_text(f"{ids[1]}\n\n{ids[2]}\n")
+    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "run2", image_ids=lines)
+    run_eval(cfg, backend=ScriptedBackend(lambda s: "A star."), progress=False)
+    assert len((tmp_path / "run2" / "predictions.jsonl").read_text().splitlines()) == 2
+    for content, message in (
+        (json.dumps([ids[0], 999999]), r"1 image id\(s\) are not in .*999999"),
+        (f"{ids[0]}\n{ids[0]}\n", "listed more than once"),
+    ):
+        listing.write_text(content)
+        with pytest.raises(HallbenchError, match=message):
+            run_eval(
+                EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "bad", image_ids=listing),
+                backend=ScriptedBackend(str),
+                progress=False,
+            )
+    with pytest.raises(HallbenchError, match="--image-ids applies to --bench chair only"):
+        EvalConfig(bench="pope", out=tmp_path, image_ids=listing)
