@@ -41,7 +41,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"ours": {"step_time": 1.15, "peak_memory": 1.10}}
 
-SHAPES = {"qwen2b-shape": "qwen2b", "qwen4b-shape": "qwen4b", "ministral3b-shape": "ministral3b"}
+from hallbench.models.checkpoint_shapes import SHAPE_NAMES as SHAPES  # noqa: E402  (cheap: no torch)
 
 
 def build(model_name: str, device: str, shape_dir: str | None = None, dtype: str = "float32"):
@@ -195,12 +195,9 @@ def main() -> None:
     if args.model in SHAPES:
         shape_dir = Path(tempfile.mkdtemp(prefix="bench_train_shape_")) / args.model
         started = time.perf_counter()
-        # In its own process: building holds the fp32 model (8 GB for the 2B), which this process must not keep.
-        code = (
-            "import sys; from hallbench.models.checkpoint_shapes import ShapeOptions, build_checkpoint_shaped; "
-            "build_checkpoint_shaped(sys.argv[1], sys.argv[2], ShapeOptions(full_width=True, text_layers=None))"
-        )
-        subprocess.run([sys.executable, "-c", code, SHAPES[args.model], str(shape_dir)], check=True, capture_output=True)
+        from hallbench.models.checkpoint_shapes import build_full_size_in_subprocess
+
+        build_full_size_in_subprocess(SHAPES[args.model], shape_dir)
         print(f"built {shape_dir} in {time.perf_counter() - started:.0f} s")
         extra = ["--shape-dir", str(shape_dir)]
     runs: dict[str, list[dict]] = {v: [] for v in variants}

@@ -302,8 +302,8 @@ def eval_(
         str | None, typer.Option(help="A system turn before every question (default: none; the chat template's own default applies).")
     ] = None,
     prompt_suffix: Annotated[
-        str, typer.Option(help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."')
-    ] = "",
+        str | None, typer.Option(help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."')
+    ] = None,
     min_pixels: Annotated[int | None, typer.Option(help=MIN_PIXELS_HELP)] = None,
     max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
     image_ids: Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -187,6 +188,20 @@ def test_lora_trains_adapters_and_evidence_and_saves_a_merged_model(tmp_path, sh
     batch = _batch(shapes_dir, small_data, reloaded)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(**batch).logits, result.model.eval()(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_lora_loads_16_bit_weights_and_trains_evidence_and_adapters_in_fp32(tmp_path, shapes_dir, small_data):
+    """LoRA freezes the base, so it is loaded in bf16 (half the memory); what is trained stays fp32."""
+    result = run_train(_config(tmp_path, shapes_dir, small_data, lora_rank=4, precision="bf16"), progress=False)
+    run = json.loads((result.path / "hallbench_config.json").read_text())
+    assert (run["precision"], run["weights_dtype"], run["saved_dtype"]) == ("bf16", "bfloat16", "float32")
+    assert {p.dtype for p in result.model.evidence.parameters()} == {torch.float32}
+    losses = [r["loss"] for r in _log(result.path)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    from safetensors import safe_open
+
+    with safe_open(str(result.path / "model.safetensors"), "pt") as weights:  # saved in the base's dtype (tiny: fp32)
+        assert {str(weights.get_tensor(k).dtype) for k in list(weights.keys())[:10]} == {"torch.float32"}
 
 
 def test_a_lora_checkpoint_evaluates_with_the_adapters_on_its_base(tmp_path, shapes_dir, small_data):

@@ -123,7 +123,7 @@ class EvalConfig:
     """How answers are generated (``max_new_tokens`` None = the benchmark's ``default_max_new_tokens``)."""
     system_prompt: str | None = None
     """A system turn before every question (default: none, so the chat template's own default applies)."""
-    prompt_suffix: str = ""
+    prompt_suffix: str | None = None
     """Text appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase." (lmms-eval's)."""
     min_pixels: int | None = None
     """hf backend: smallest image area after resizing (Qwen3-VL); default: the checkpoint's."""

@@ -42,6 +42,8 @@ CHECKPOINTS = {
     "qwen4b": "Qwen3-VL-4B-Instruct",
     "ministral3b": "Ministral-3-3B-Instruct-2512",
 }
+SHAPE_NAMES = {f"{name}-shape": name for name in CHECKPOINTS}
+"""Benchmark model names (``qwen2b-shape``...) -> registry names: the full-size checkpoint-shaped folders."""
 FP8_MAX = 448.0
 """Largest finite float8_e4m3fn value: per-tensor scales map each weight's absolute maximum to it."""
 
@@ -191,3 +193,22 @@ def build_checkpoint_shaped(name: str, folder: Path, options: ShapeOptions = Sha
         if "quantization_config" in config_dict:
             _quantize_fp8(folder, config_dict["quantization_config"]["modules_to_not_convert"])
     return folder
+
+
+def build_full_size_in_subprocess(name: str, folder: Path) -> Path:
+    """The full-width, full-depth folder of ``name``, built in a child process.
+
+    Building holds the fp32 model (8.6 GB for the 2B) before it is saved in bf16; a benchmark that
+    then measures memory must not keep that in its own process.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hallbench.models.checkpoint_shapes import ShapeOptions, build_checkpoint_shaped; "
+        "build_checkpoint_shaped(sys.argv[1], sys.argv[2], ShapeOptions(full_width=True, text_layers=None))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, name, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HallbenchError(f"building the full-size {name} shape failed: {done.stderr[-2000:]}")
+    return Path(folder)

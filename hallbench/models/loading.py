@@ -150,13 +150,9 @@ def chat_inputs(processor: Any, images: list[Any], prompts: list[str]) -> Any:
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
-    texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.replace("<image>", "").strip()}]}],
-            add_generation_prompt=True,
-        )
-        for prompt in prompts
-    ]
+    from hallbench.eval.engine import chat_messages
+
+    texts = [processor.apply_chat_template(chat_messages(1, prompt), add_generation_prompt=True) for prompt in prompts]
     processor.tokenizer.padding_side = "left"
     return processor(text=texts, images=images, padding=True, return_tensors="pt")
 

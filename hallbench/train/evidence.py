@@ -174,6 +174,10 @@ class EvidenceInjector(nn.Module):
     def forward(
         self, h: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor, text_mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
+        # The modules compute in their own dtype: fp32 evidence beside a bf16 LoRA base keeps its
+        # AdamW updates (hallbench.train.run); the residual stream keeps the model's dtype.
+        residual = h
+        h, visual = h.to(self.q_proj.weight.dtype), visual.to(self.q_proj.weight.dtype)
         normed = self.norm(h)  # shared by the query and the gate
         q, c = self.retrieve(h, visual, visual_mask, normed)
         e = self.align_up(self.align_down(c)) if self.cfg.evidence_source == "aligned" else c
@@ -186,7 +190,7 @@ class EvidenceInjector(nn.Module):
         else:
             delta = self.scale * e
         delta = delta * text_mask[..., None].to(delta.dtype)
-        return h + delta, {"h": h, "e": e, "u": u, "q": q}
+        return residual + delta.to(residual.dtype), {"h": h, "e": e, "u": u, "q": q}
 
 
 class EvidenceState:
@@ -346,7 +350,7 @@ class ContrastiveLoss:
             injector = evidence.modules[str(index)]
             weights = answer_mask[..., None].to(tensors["q"].dtype)
             pooled_q = (tensors["q"] * weights).sum(1) / weights.sum(1).clamp(min=1)
-            keys = injector.k_proj(pooled_visual)
+            keys = injector.k_proj(pooled_visual.to(injector.k_proj.weight.dtype))
             negatives = self.queue.get(index)
             losses.append(info_nce(pooled_q, keys, self.tau, negatives))
             if self.queue_size:

@@ -212,6 +212,10 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     dataset = ConversationDataset(cfg.data, cfg.images, processor, family, cfg.max_length, cache=cfg.cache_data)
     torch.manual_seed(cfg.seed)  # evidence initialisation does not depend on what loading consumed
     evidence = attach_evidence(model, family, evidence_cfg, processor)
+    if evidence is not None and cfg.lora_rank and not cfg.deepspeed:
+        # A 16-bit LoRA base is frozen, but the evidence modules are trained in full: fp32, as peft
+        # keeps the adapters (DeepSpeed keeps its own fp32 master copy of every trained parameter).
+        evidence.modules.float()
     model.train()
     model = _freeze(model, family, cfg)
     folder.mkdir(parents=True, exist_ok=True)
