@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -13,9 +14,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hallbench.errors import HallbenchError
+
 PACKAGES = (
     "hallbench",
     "torch",
+    "torchvision",
     "transformers",
     "tokenizers",
     "accelerate",
@@ -52,11 +56,52 @@ def git_commit(path: Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty.strip() else "")
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""What an environment variable's name looks like; an API key (``sk-...``, 30+ characters) does not."""
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+
+
+def check_env_name(value: str | None, option: str) -> None:
+    """Refuse an option that should name an environment variable but holds something else (typically the key).
+
+    The value is never echoed: the usual mistake is pasting the key itself.
+    """
+    if value is not None and not ENV_NAME.fullmatch(value):
+        raise HallbenchError(
+            f"{option} must be the NAME of an environment variable (letters, digits and underscores, at most 64, "
+            "e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"
+        )
+
+
+def check_url_has_no_credentials(url: str | None, option: str) -> None:
+    """Credentials in a URL would be stored in config files and logs; keys go in the environment."""
+    from urllib.parse import urlsplit
+
+    if url is not None and (urlsplit(url).username or urlsplit(url).password):
+        raise HallbenchError(f"{option} must not contain credentials (user:password@); put the API key in an environment variable")
+
+
+def scrubbed_command(argv: list[str]) -> str:
+    """The command line as recorded: credentials in URLs and values of ``--*-key-env`` that are not
+    variable names (a pasted key) are replaced by ``***``."""
+    out: list[str] = []
+    previous = ""
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if eq and name.startswith("--") and name.endswith("key-env") and not ENV_NAME.fullmatch(value):
+            arg = f"{name}=***"
+        elif previous.startswith("--") and previous.endswith("key-env") and not ENV_NAME.fullmatch(arg):
+            arg = "***"
+        out.append(_URL_CREDENTIALS.sub(r"\1***@", arg))
+        previous = arg if not eq else ""
+    return " ".join(out)
+
+
 def provenance() -> dict[str, Any]:
     return {
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": scrubbed_command([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "pid": os.getpid(),

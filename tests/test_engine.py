@@ -101,6 +101,17 @@ def test_a_torn_last_line_is_dropped_and_regenerated(tmp_path, shapes_dir, qwen_
     assert [r["id"] for r in read_predictions(path)] == ["q0", "q1", "q2", "q3"]
 
 
+def test_a_last_line_torn_inside_a_multibyte_character_is_dropped(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    whole = json.dumps({"id": "b", "prediction": "Ja, ein Bär."}, ensure_ascii=False).encode("utf-8")
+    cut = whole[: whole.index("ä".encode()) + 1]  # the first of the two bytes of "ä"
+    path.write_bytes(b'{"id": "a", "prediction": "\xc3\xa9t\xc3\xa9"}\n' + cut)
+    assert read_predictions(path) == [{"id": "a", "prediction": "été"}]
+    path.write_bytes(b'{"id": "a"}\n\xff\xfe\n{"id": "c"}\n')  # an undecodable line that is not the last: an error
+    with pytest.raises(HallbenchError, match=r"line 2: corrupt prediction record"):
+        read_predictions(path)
+
+
 def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')

@@ -332,3 +332,30 @@ def test_chair_image_ids_evaluate_exactly_the_listed_subset_in_order(tmp_path, s
             )
     with pytest.raises(HallbenchError, match="--image-ids applies to --bench chair only"):
         EvalConfig(bench="pope", out=tmp_path, image_ids=listing)
+
+
+def test_a_key_passed_as_an_env_var_name_is_refused_without_showing_it(tmp_path, pope_dir):
+    key = "sk-4f9c2e7a1b3d5f6e8a0c2e4f6a8b0d2f"
+    for option in ("api_key_env", "judge_key_env"):
+        with pytest.raises(HallbenchError) as err:
+            EvalConfig(bench="pope", data=pope_dir, out=tmp_path, **{option: key})
+        assert key not in str(err.value) and "NAME of an environment variable" in str(err.value)
+    with_credentials = {
+        "base_url": {"backend": "openai", "api_model": "m", "base_url": "http://user:secret@127.0.0.1:8000/v1"},
+        "judge_base_url": {"judge_base_url": "https://user:secret@api.deepseek.com"},
+    }
+    for settings in with_credentials.values():
+        with pytest.raises(HallbenchError, match="must not contain credentials") as err:
+            EvalConfig(bench="pope", data=pope_dir, out=tmp_path, **settings)
+        assert "secret" not in str(err.value)
+    result = runner.invoke(app, ["eval", "--bench", "pope", "--data", str(pope_dir), "--out", str(tmp_path / "x"), "--judge-key-env", key])
+    assert result.exit_code == 1 and key not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_recorded_command_line_hides_keys_and_url_credentials():
+    from hallbench.provenance import scrubbed_command
+
+    argv = ["hallbench", "eval", "--judge-key-env", "sk-abc-123", "--api-key-env=sk-xyz-9", "--base-url", "http://u:pw@host:8000/v1"]
+    assert scrubbed_command(argv) == "hallbench eval --judge-key-env *** --api-key-env=*** --base-url http://***@host:8000/v1"
+    assert scrubbed_command(["hallbench", "eval", "--api-key-env", "MY_KEY"]) == "hallbench eval --api-key-env MY_KEY"

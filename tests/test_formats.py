@@ -170,3 +170,20 @@ def test_data_format_error_keeps_its_parts(tmp_path):
     err = DataFormatError(tmp_path / "f.json", "line 2", "x", "y")
     assert (err.location, err.expected, err.found) == ("line 2", "x", "y")
     assert isinstance(err, ValueError)
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    values = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as reopened:
+        assert reopened.mode in ("I;16", "I")  # what Pillow makes of a 16-bit PNG
+    rgb = np.asarray(formats.load_image(tmp_path / "deep.png"))
+    assert rgb.shape == (2, 2, 3) and rgb[..., 0].tolist() == [[0, 64], [128, 255]]
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    # Mode "I" (32-bit integers) holds 16-bit data from some files and 8-bit data from others.
+    wide = formats._to_rgb(Image.fromarray(values.astype(np.int32)))
+    narrow = formats._to_rgb(Image.fromarray(np.array([[0, 200]], dtype=np.int32)))
+    assert np.asarray(wide)[..., 1].tolist() == [[0, 64], [128, 255]] and np.asarray(narrow)[..., 1].tolist() == [[0, 200]]

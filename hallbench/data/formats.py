@@ -351,6 +351,22 @@ def resolve_image(root: str | Path, name: str, referenced_by: str | None = None)
     return path
 
 
+def _to_rgb(image: Any) -> Any:
+    """8-bit RGB. Pillow's own ``convert("RGB")`` clips 16-bit grey values (modes ``I;16*`` and ``I``)
+    at 255, so a 16-bit PNG would come out all white; those are scaled to 8 bits (65535 -> 255)."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        # Mode "I" also holds 8-bit data from some files: scale only what exceeds the 8-bit range.
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_image(path: str | Path, referenced_by: str | None = None):
     """Open an image as RGB; a missing or undecodable file is a :class:`HallbenchError`."""
     from PIL import Image, UnidentifiedImageError
@@ -362,7 +378,7 @@ def load_image(path: str | Path, referenced_by: str | None = None):
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return _to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise HallbenchError(f"cannot decode image {path}{by}: {err}") from None
 

@@ -242,14 +242,16 @@ def read_predictions(path: Path) -> list[dict]:
     """Records of a predictions JSONL; a torn last line (killed mid-write) is dropped, any other bad line is an error."""
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    # Bytes, decoded line by line: a kill or a full disk can cut the last line inside a multi-byte
+    # UTF-8 character, and that torn line must be dropped like any other, not crash the resume.
+    lines = path.read_bytes().split(b"\n")
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             is_last = all(not rest.strip() for rest in lines[number:])
             if is_last:
                 break

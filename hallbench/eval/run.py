@@ -155,6 +155,12 @@ class EvalConfig:
                 "--min-pixels/--max-pixels apply to the hf backend; an OpenAI-compatible server resizes images itself "
                 '(vLLM: --mm-processor-kwargs \'{"min_pixels": ..., "max_pixels": ...}\')'
             )
+        from hallbench.provenance import check_env_name, check_url_has_no_credentials
+
+        check_env_name(self.api_key_env, "--api-key-env")
+        check_env_name(self.judge_key_env, "--judge-key-env")
+        check_url_has_no_credentials(self.base_url, "--base-url")
+        check_url_has_no_credentials(self.judge_base_url, "--judge-base-url")
         if self.image_ids is not None and self.bench != "chair":
             raise HallbenchError("--image-ids applies to --bench chair only")
         if self.decoding.max_new_tokens is None:
