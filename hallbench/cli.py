@@ -347,6 +347,12 @@ def eval_(
         summary = run_eval(cfg)
     if os.environ.get("RANK", "0") == "0":
         print_summary(summary, out)
+    if summary["n_samples"] and summary["n_errors"] == summary["n_samples"]:
+        first = summary["errors"][0]["error"] if summary["errors"] else "see predictions.jsonl"
+        err_console.print(
+            f"[bold red]error:[/] every one of the {summary['n_samples']} samples failed; the first: {escape(first)}", soft_wrap=True
+        )
+        raise typer.Exit(1)
 
 
 def print_summary(summary: dict, out: Path) -> None:

@@ -120,6 +120,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def make_output_folder(folder: Path, option: str) -> None:
+    """Create a run's output folder, or say in one line why it cannot be used (a file, under a file, not writable)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HallbenchError(f"{option} {folder}: cannot create the folder ({err.strerror or err}); choose another {option}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise HallbenchError(f"{option} {folder}: the folder is not writable; choose another {option}")
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and ``os.replace``, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -359,3 +359,22 @@ def test_the_recorded_command_line_hides_keys_and_url_credentials():
     argv = ["hallbench", "eval", "--judge-key-env", "sk-abc-123", "--api-key-env=sk-xyz-9", "--base-url", "http://u:pw@host:8000/v1"]
     assert scrubbed_command(argv) == "hallbench eval --judge-key-env *** --api-key-env=*** --base-url http://***@host:8000/v1"
     assert scrubbed_command(["hallbench", "eval", "--api-key-env", "MY_KEY"]) == "hallbench eval --api-key-env MY_KEY"
+
+
+def test_unusable_out_and_device_are_one_line_errors(tmp_path, pope_dir):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "under"):
+        result = runner.invoke(app, ["eval", "--bench", "pope", "--data", str(pope_dir), "--out", str(out)])
+        assert result.exit_code == 1 and "cannot create the folder" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["eval", "--bench", "pope", "--data", str(pope_dir), "--out", str(tmp_path / "o"), "--device", "bogus"])
+    assert result.exit_code == 1 and "--device 'bogus' is not a device" in result.output
+
+
+def test_a_run_where_every_sample_failed_exits_non_zero(tmp_path, pope_dir):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "image": "missing.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    args = ["eval", "--bench", "pope", "--data", str(questions), "--images", str(tmp_path), "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "2"])
+    assert result.exit_code == 1 and "every one of the 1 samples failed" in result.output and "image not found" in result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_errors"] == 1  # the summary is still written

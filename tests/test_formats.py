@@ -187,3 +187,26 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_pat
     wide = formats._to_rgb(Image.fromarray(values.astype(np.int32)))
     narrow = formats._to_rgb(Image.fromarray(np.array([[0, 200]], dtype=np.int32)))
     assert np.asarray(wide)[..., 1].tolist() == [[0, 64], [128, 255]] and np.asarray(narrow)[..., 1].tolist() == [[0, 200]]
+
+
+@pytest.mark.parametrize("kind", ["pope", "conversations", "synonyms"])
+def test_a_file_that_is_not_utf8_names_the_line_and_byte(tmp_path, kind):
+    path = tmp_path / "input.txt"
+    if kind == "synonyms":
+        path.write_bytes("dog, puppy\ncat, kitten, caf\xe9\n".encode("latin-1"))
+        reader = formats.read_synonyms
+    else:
+        good = '{"question_id": 1, "image": "a.png", "text": "Is there a dog?", "label": "yes"}\n'
+        path.write_bytes(good.encode() + '{"question_id": 2, "image": "b\xe9.png", "text": "?", "label": "no"}\n'.encode("latin-1"))
+        reader = formats.read_pope_questions if kind == "pope" else formats.read_conversations
+    with pytest.raises(DataFormatError, match=r"line 2.*UTF-8 text.*byte 0xe9 at offset \d+ \(re-save the file as UTF-8\)"):
+        reader(path)
+
+
+def test_a_decompression_bomb_is_a_clear_error_not_a_crash(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4,096 > 2 x the limit: Pillow raises
+    with pytest.raises(HallbenchError, match=r"cannot decode image .*big.png.*exceeds limit"):
+        formats.load_image(tmp_path / "big.png")

@@ -313,3 +313,10 @@ def test_zero2_on_cpu_with_two_ranks(tmp_path, shapes_dir, small_data):
     log = _log(run)
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["l_ctr"] is not None for r in log)
     assert load_model(str(run)).training_run["variant"]["name"] == "ours"
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_before_any_loading(tmp_path, shapes_dir, small_data):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(HallbenchError, match=r"--output-dir .*a-file: cannot create the folder"):
+        run_train(_config(tmp_path, shapes_dir, small_data, output_dir=a_file), progress=False)

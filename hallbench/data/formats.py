@@ -19,12 +19,29 @@ from hallbench.errors import DataFormatError, HallbenchError, shorten
 # JSON and JSONL
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; a file that is not UTF-8 or cannot be read is a :class:`DataFormatError`
+    naming the line and byte (never a ``UnicodeDecodeError`` traceback)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataFormatError(path, None, "a readable file", err.strerror or str(err)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataFormatError(
+            path, f"line {line}", "UTF-8 text", f"byte 0x{data[err.start]:02x} at offset {err.start} (re-save the file as UTF-8)"
+        ) from None
+
+
 def load_json(path: str | Path) -> Any:
     """Parse a JSON file; a missing file or a syntax error names the file (and line/column)."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSON file", "no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -36,14 +53,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSONL file", "no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, f"line {number}", "one JSON object per line", f"{err.msg}: {shorten(line.strip())}") from None
+    # split("\n"), not splitlines(): U+2028 and friends may appear unescaped inside JSON strings.
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, f"line {number}", "one JSON object per line", f"{err.msg}: {shorten(line.strip())}") from None
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
@@ -55,8 +72,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSON or JSONL file", "no such file")
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
+    head = read_utf8(path).lstrip()[:1]
     if head.startswith("["):
         data = load_json(path)
         records = [(f"$[{i}]", item) for i, item in enumerate(data)]
@@ -315,7 +331,7 @@ def read_synonyms(path: str | Path) -> dict[str, str]:
         raise DataFormatError(path, None, "an existing synonym table", "no such file")
     mapping: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         entries = [e.strip().lower() for e in line.split(",")]
@@ -379,7 +395,8 @@ def load_image(path: str | Path, referenced_by: str | None = None):
         with Image.open(path) as image:
             image.load()
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        # A decompression bomb (more pixels than Pillow's limit) is one bad sample, not a crash of the run.
         raise HallbenchError(f"cannot decode image {path}{by}: {err}") from None
 
 

@@ -61,7 +61,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hallbench.data.formats import read_coco_captions, read_coco_instances, read_synonyms
+from hallbench.data.formats import read_coco_captions, read_coco_instances, read_synonyms, read_utf8
 from hallbench.errors import DataFormatError, HallbenchError, shorten
 from hallbench.provenance import sha256_file
 
@@ -577,10 +577,7 @@ def cache_dir() -> Path:
 
 def read_image_ids(path: Path) -> list[str]:
     """Image ids from a JSON list (numbers or strings) or a text file with one id per line; duplicates are an error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise HallbenchError(f"cannot read --image-ids {path}: {err}") from None
+    text = read_utf8(path)
     stripped = text.strip()
     if stripped.startswith("["):
         try:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, write_records
-from hallbench.provenance import identity_changes, provenance, write_json_atomic
+from hallbench.provenance import identity_changes, make_output_folder, provenance, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
@@ -161,6 +161,13 @@ class EvalConfig:
         check_env_name(self.judge_key_env, "--judge-key-env")
         check_url_has_no_credentials(self.base_url, "--base-url")
         check_url_has_no_credentials(self.judge_base_url, "--judge-base-url")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise HallbenchError(f"--device {self.device!r} is not a device: use cpu, cuda, cuda:1, ...") from None
         if self.image_ids is not None and self.bench != "chair":
             raise HallbenchError("--image-ids applies to --bench chair only")
         if self.decoding.max_new_tokens is None:
@@ -233,7 +240,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
         samples = [replace(s, prompt=f"{s.prompt}\n{cfg.prompt_suffix}") for s in samples]
     if not samples:
         raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(cfg.out, "--out")
     identity = cfg.identity()
     _check_resume(cfg.out, identity)
     backend = backend if backend is not None else make_backend(cfg)

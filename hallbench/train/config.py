@@ -155,10 +155,10 @@ def load_recipe(path: Path) -> dict[str, Any]:
     """
     import yaml
 
+    from hallbench.data.formats import read_utf8
+
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise HallbenchError(f"cannot read the recipe {path}: {err}") from None
+        raw = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         raise HallbenchError(f"{path} is not valid YAML: {err}") from None
     if raw is None:

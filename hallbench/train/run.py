@@ -25,7 +25,7 @@ from typing import Any
 
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.models.loading import RUN_CONFIG_FILE
-from hallbench.provenance import identity_changes, provenance, sha256_file, write_json_atomic
+from hallbench.provenance import identity_changes, make_output_folder, provenance, sha256_file, write_json_atomic
 from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
 from hallbench.train.presets import get_preset
 
@@ -196,6 +196,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         return TrainResult(folder, "skipped", json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8")))
     if state == "unfinished" and not cfg.resume:
         raise HallbenchError(f"{folder} holds an unfinished run with the same settings; add --resume to continue it")
+    make_output_folder(folder, "--output-dir" if cfg.output_dir is not None else "--output-root")
     preset = get_preset(cfg.variant)
     evidence_cfg = cfg.evidence
     precision = _precision(cfg)
@@ -218,7 +219,6 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         evidence.modules.float()
     model.train()
     model = _freeze(model, family, cfg)
-    folder.mkdir(parents=True, exist_ok=True)
 
     config_path = folder / RUN_CONFIG_FILE
     created = json.loads(config_path.read_text(encoding="utf-8")).get("created") if config_path.is_file() else None
