@@ -40,11 +40,18 @@ MAX_PIXELS_HELP = "Largest image area in pixels (Pixtral: longest edge = its squ
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a ``HallbenchError`` into one red line on stderr and exit code 1."""
+    """Turn a ``HallbenchError`` (or an ``OSError`` of the machine: full disk, permissions) into one red line on stderr and exit code 1."""
     try:
         yield
     except HallbenchError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OSError as err:
+        # The machine, not the input: a full disk, a lost mount, a permission; one line says which.
+        where = f" ({err.filename})" if err.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(err.strerror or str(err))}{escape(where)}; nothing already written was lost", soft_wrap=True
+        )
         raise typer.Exit(1) from None
 
 

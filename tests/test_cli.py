@@ -82,3 +82,17 @@ def test_models_lists_the_registry(tmp_path, monkeypatch):
     result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "qwen2b" in result.output and "not on this machine" in result.output and "built in code" in result.output
+
+
+def test_an_os_error_of_the_machine_is_one_line(monkeypatch, tmp_path):
+    import errno
+
+    import hallbench.report as report
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "results.csv"))
+
+    monkeypatch.setattr(report, "run_report", disk_full)
+    result = runner.invoke(app, ["report", "--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error: No space left on device" in result.output and "results.csv" in result.output and "Traceback" not in result.output

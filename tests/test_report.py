@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -739,3 +740,23 @@ def test_cli_report_writes_everything(study, tmp_path):
     assert "Bootstrap: 50 resamples, seed 3." in (out / "index.md").read_text()
     bad = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "nope"), "--out", str(out)])
     assert bad.exit_code == 1 and "is not a folder" in bad.output
+
+
+def test_a_failed_rewrite_keeps_the_previous_files_and_leaves_no_debris(study, tmp_path, monkeypatch):
+    """A full disk (or a kill) while the report is rewritten must not destroy the last good copy."""
+    import errno
+
+    runs, _ = study
+    first = run_report(runs, tmp_path / "report", n_resamples=20)
+    before = {p.name: p.read_bytes() for p in first.out.iterdir()}
+
+    def disk_full(self, path, *args, **kwargs):
+        Path(path).write_text("half a fi")  # what a full disk leaves behind
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_report(runs, tmp_path / "report", n_resamples=20)
+    after = {p.name: p.read_bytes() for p in first.out.iterdir()}
+    assert after["results.csv"] == before["results.csv"]  # the previous good copy survives
+    assert sorted(after) == sorted(before)  # no temporary file left behind

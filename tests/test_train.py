@@ -320,3 +320,11 @@ def test_an_output_dir_that_is_a_file_is_one_line_before_any_loading(tmp_path, s
     a_file.write_text("x")
     with pytest.raises(HallbenchError, match=r"--output-dir .*a-file: cannot create the folder"):
         run_train(_config(tmp_path, shapes_dir, small_data, output_dir=a_file), progress=False)
+
+
+def test_a_train_log_torn_inside_a_utf8_character_resumes(tmp_path):
+    from hallbench.train.trainer import read_log
+
+    path = tmp_path / "train_log.jsonl"
+    path.write_bytes(b'{"step": 1, "loss": 1.0}\n{"step": 2, "note": "\xc3')  # cut inside a two-byte character
+    assert read_log(path) == [{"step": 1, "loss": 1.0}]

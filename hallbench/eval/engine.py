@@ -262,10 +262,10 @@ def read_predictions(path: Path) -> list[dict]:
 def write_records(path: Path, records: list[dict]) -> None:
     """Make ``path`` hold exactly ``records`` (atomically; untouched when it already does)."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
+        from hallbench.provenance import write_text_atomic
+
+        write_text_atomic(path, text)
 
 
 @dataclass

@@ -12,13 +12,13 @@ be committed and diffed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from hallbench.errors import HallbenchError
+from hallbench.provenance import atomic_path, write_text_atomic
 from hallbench.report.collect import EvalRun, RunSet, Skipped, TrainingRun, build_frame, discover, resolve_claims
 from hallbench.report.tables import Table, build_tables, legend, to_latex, to_markdown
 
@@ -82,7 +82,8 @@ def run_report(runs: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0,
     plots = _plots(found, collected.frame, out, rel, warnings)
     files += [p for p, _ in plots]
     csv = out / "results.csv"
-    collected.frame.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    with atomic_path(csv) as tmp:
+        collected.frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
     files.append(csv)
     result = ReportResult(out, files, collected.frame, tables, found.skipped, found.excluded, warnings)
     files.append(_write(out / "index.md", _index(result, found, plots, runs, rel, n_resamples, seed)))
@@ -110,10 +111,7 @@ def _run_of(found: RunSet, path: Path) -> EvalRun:
 
 
 def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def _short(commit: str | None) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hallbench.provenance import atomic_path
 from hallbench.report.collect import POPE_SPLITS, TrainingRun, variant_rank
 
 LOSSES = (("ce", "CE"), ("l_orth", "L_orth"), ("l_ctr", "L_ctr"))
@@ -59,7 +60,10 @@ def plot_training_curves(run: TrainingRun, records: list[dict], out: Path, *, pr
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.model} / {run.variant_label}: training losses")
-    fig.savefig(out, dpi=100, metadata={"Title": f"training curves {run.model} {run.variant_label}", "Description": provenance})
+    with atomic_path(out) as tmp:
+        fig.savefig(
+            tmp, format="png", dpi=100, metadata={"Title": f"training curves {run.model} {run.variant_label}", "Description": provenance}
+        )
     plt.close(fig)
 
 
@@ -100,6 +104,7 @@ def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provena
             ax.set_title(f"{model}: POPE {name.split(' (')[0]}")
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=8, loc="upper center", ncol=4, frameon=False)
-    fig.savefig(out, dpi=100, metadata={"Title": "POPE F1 and yes ratio per variant", "Description": provenance})
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": "POPE F1 and yes ratio per variant", "Description": provenance})
     plt.close(fig)
     return True

@@ -343,10 +343,10 @@ def _save_merged(trainer: Any, folder: Path, processor: Any, dtype: Any) -> Any:
 
 
 def _last_log(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else None
+    from hallbench.train.trainer import read_log
+
+    records = read_log(path)
+    return records[-1] if records else None
 
 
 def expand_models(text: str) -> list[str]:

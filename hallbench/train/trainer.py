@@ -24,6 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from hallbench.errors import HallbenchError
+from hallbench.provenance import write_text_atomic
 from hallbench.train.data import IGNORE_INDEX
 from hallbench.train.evidence import ContrastiveLoss, EvidenceConfig, EvidenceModel, orthogonality_loss
 
@@ -204,6 +205,19 @@ class EvidenceTrainer(Trainer):
             load_evidence(self.evidence, Path(resume_from_checkpoint))
 
 
+def read_log(path: Path) -> list[dict]:
+    """The records of ``train_log.jsonl``; lines torn by a crash (mid-JSON or mid-UTF-8 character) are skipped."""
+    records = []
+    for line in Path(path).read_bytes().split(b"\n") if Path(path).is_file() else []:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class JsonlLogCallback(TrainerCallback):
     """Appends every training log (step, epoch, loss, ce, l_orth, l_ctr, lr, grad norm) to ``train_log.jsonl``.
 
@@ -219,15 +233,8 @@ class JsonlLogCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not self.path.is_file():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-            if record.get("step", 0) <= state.global_step:
-                kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        kept = [json.dumps(r) for r in read_log(self.path) if r.get("step", 0) <= state.global_step]
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs or "loss" not in logs:
