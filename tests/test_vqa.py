@@ -178,3 +178,25 @@ def test_the_judge_key_never_reaches_the_output_folder(tmp_path, shapes_dir, vqa
     for file in (tmp_path / "run").rglob("*"):  # ...and written nowhere, the SQLite cache included
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
+
+
+def test_a_rerun_with_fewer_samples_keeps_the_finished_predictions(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    with start_judge_server() as server:
+        full = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
+        before = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+        part = run_eval(
+            _config(tmp_path, path, shapes_dir, server.base_url, max_samples=2), backend=ScriptedBackend(_answers(items)), progress=False
+        )
+    after = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+
+    def ids(lines):
+        return [json.loads(line)["id"] for line in lines]
+
+    assert sorted(ids(after)) == sorted(ids(before)) and len(after) == len(items)  # nothing deleted
+    rerun = set(ids(after)[:2])  # re-scored (their verdicts now come from the judge cache)
+    assert [line for line in after if json.loads(line)["id"] not in rerun] == [
+        line for line in before if json.loads(line)["id"] not in rerun
+    ]  # the others are untouched
+    assert (full["n_samples"], full["max_samples"]) == (len(items), None)
+    assert (part["n_samples"], part["max_samples"]) == (2, 2)  # the summary says exactly what it covers

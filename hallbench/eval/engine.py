@@ -345,11 +345,12 @@ def generate_predictions(
     final_path = out_dir / "predictions.jsonl"
     shard_path = final_path if dist.world_size == 1 else out_dir / f"predictions.rank{dist.rank}.jsonl"
     done: dict[str, dict] = {}
+    wanted = set(ids)
     for path in {final_path, shard_path}:
         records = read_predictions(path)
         if path == shard_path:
             write_records(path, records)
-        done.update((r["id"], r) for r in records if r.get("id") in set(ids))
+        done.update((r["id"], r) for r in records if r.get("id") in wanted)
 
     my_chunks = [(k, chunk) for k, chunk in _chunks(samples, decoding.batch_size) if k % dist.world_size == dist.rank]
     todo = [(k, chunk) for k, chunk in my_chunks if any(s.id not in done for s in chunk)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError, SettingsChangedError
-from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, write_records
+from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
 from hallbench.provenance import identity_changes, make_output_folder, provenance, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
@@ -260,12 +260,17 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
         # Scoring that needs every answer (LLM judge, BERTScore): the records gain their scores and
         # predictions.jsonl is replaced atomically, so a crash here leaves the generations intact.
         records = finalize(records)
-        write_records(cfg.out / "predictions.jsonl", records)
+        # Records of samples outside this run's bounds (a rerun with a smaller --max-samples) are
+        # finished work: kept after this run's, never deleted.
+        covered = {r["id"] for r in records}
+        kept = [r for r in read_predictions(cfg.out / "predictions.jsonl") if r.get("id") not in covered]
+        write_records(cfg.out / "predictions.jsonl", records + kept)
     summary: dict[str, Any] = {
         "bench": cfg.bench,
         "model": backend.describe().get("display_name"),
         "decoding": cfg.decoding.decoding,
         "n_samples": len(samples),
+        "max_samples": cfg.max_samples,
         "n_errors": sum(1 for r in records if r.get("error")),
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")][:100],
         "metrics_info": {m.name: {"higher_is_better": m.higher_is_better, "description": m.description} for m in bench.metrics.values()},
