@@ -38,10 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from hallbench.models.checkpoint_shapes import SHAPE_NAMES as SHAPES  # cheap: no torch
+
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"ours": {"step_time": 1.15, "peak_memory": 1.10}}
-
-from hallbench.models.checkpoint_shapes import SHAPE_NAMES as SHAPES  # noqa: E402  (cheap: no torch)
 
 
 def build(model_name: str, device: str, shape_dir: str | None = None, dtype: str = "float32"):

@@ -49,9 +49,7 @@ def user_errors() -> Iterator[None]:
     except OSError as err:
         # The machine, not the input: a full disk, a lost mount, a permission; one line says which.
         where = f" ({err.filename})" if err.filename else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(err.strerror or str(err))}{escape(where)}; nothing already written was lost", soft_wrap=True
-        )
+        err_console.print(f"[bold red]error:[/] {escape(err.strerror or str(err))}{escape(where)}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -41,7 +41,10 @@ def load_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSON file", "no such file")
-    text = read_utf8(path)
+    return _parse_json(path, read_utf8(path))
+
+
+def _parse_json(path: Path, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -53,8 +56,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSONL file", "no such file")
+    yield from _parse_jsonl(path, read_utf8(path))
+
+
+def _parse_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     # split("\n"), not splitlines(): U+2028 and friends may appear unescaped inside JSON strings.
-    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -72,12 +79,11 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "an existing JSON or JSONL file", "no such file")
-    head = read_utf8(path).lstrip()[:1]
-    if head.startswith("["):
-        data = load_json(path)
-        records = [(f"$[{i}]", item) for i, item in enumerate(data)]
+    text = read_utf8(path)  # read once, parsed as one or the other
+    if text.lstrip().startswith("["):
+        records = [(f"$[{i}]", item) for i, item in enumerate(_parse_json(path, text))]
     else:
-        records = [(f"line {n}", item) for n, item in iter_jsonl(path)]
+        records = [(f"line {n}", item) for n, item in _parse_jsonl(path, text)]
     for where, item in records:
         if not isinstance(item, dict):
             raise DataFormatError(path, where, "a JSON object", f"{type(item).__name__} {shorten(item)}")

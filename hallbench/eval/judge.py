@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hallbench.errors import HallbenchError
+from hallbench.provenance import check_env_name, check_url_has_no_credentials
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +149,10 @@ class JudgeConfig:
         parsed = urlparse(self.base_url) if isinstance(self.base_url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise HallbenchError(f"judge base_url must be an http(s) URL such as https://api.deepseek.com, got {self.base_url!r}")
-        if parsed.username or parsed.password:
-            # Credentials in a URL end up in config files and logs; keys go in the environment.
-            raise HallbenchError("judge base_url must not contain credentials (user:password@); put the API key in an environment variable")
+        check_url_has_no_credentials(self.base_url, "judge base_url")
         if not isinstance(self.model, str) or not self.model.strip():
             raise HallbenchError("judge model must be a non-empty model name such as deepseek-chat")
-        if self.key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env or ""):
-            # Never echo the value: a common mistake is passing the key itself here.
-            raise HallbenchError(
-                "judge key_env must be the NAME of an environment variable (letters, digits and underscores, "
-                "e.g. DEEPSEEK_API_KEY), not the key itself; the value given is not shown"
-            )
+        check_env_name(self.key_env, "judge key_env")
         if not (isinstance(self.concurrency, int) and self.concurrency >= 1):
             raise HallbenchError(f"judge concurrency must be an integer >= 1, got {self.concurrency!r}")
         if not (isinstance(self.max_attempts, int) and 1 <= self.max_attempts <= 100):

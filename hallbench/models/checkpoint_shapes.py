@@ -35,13 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError
+from hallbench.models.registry import MODEL_REGISTRY
 
-# registry name -> folder of the published configuration files (also the basemodel/ folder name).
-CHECKPOINTS = {
-    "qwen2b": "Qwen3-VL-2B-Instruct",
-    "qwen4b": "Qwen3-VL-4B-Instruct",
-    "ministral3b": "Ministral-3-3B-Instruct-2512",
-}
+# registry name -> folder of the published configuration files: the registry's basemodel/ folder name.
+CHECKPOINTS = {spec.name: spec.local_dir for spec in MODEL_REGISTRY.values() if not spec.tiny}
 SHAPE_NAMES = {f"{name}-shape": name for name in CHECKPOINTS}
 """Benchmark model names (``qwen2b-shape``...) -> registry names: the full-size checkpoint-shaped folders."""
 FP8_MAX = 448.0

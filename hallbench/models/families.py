@@ -84,8 +84,7 @@ class Family:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         # A tekken.json-only folder carries no tokenizer_config.json, so the converted tokenizer knows
         # no bos / eos / pad token (the chat template renders bos_token): config.json names their ids.
-        config_file = Path(path) / "config.json"  # absent in a LoRA checkpoint-N (adapters + processor only)
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        config = read_model_config(path, required=False)  # absent in a LoRA checkpoint-N (adapters + processor only)
         for role in ("bos", "eos", "pad"):
             if getattr(tokenizer, f"{role}_token") is None:
                 token_id = (config.get("text_config") or {}).get(f"{role}_token_id", config.get(f"{role}_token_id"))
@@ -176,12 +175,19 @@ def get_family(name: str) -> Family:
         ) from None
 
 
-def family_of_folder(path: Path) -> Family:
-    """The family of a saved model folder, from its ``config.json`` ``model_type``."""
+def read_model_config(path: Path, *, required: bool = True) -> dict[str, Any]:
+    """A model folder's ``config.json``; ``{}`` when it is absent and not ``required`` (a LoRA checkpoint-N)."""
     from hallbench.errors import ModelNotFoundError
 
+    file = Path(path) / "config.json"
+    if not required and not file.is_file():
+        return {}
     try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelNotFoundError(f"cannot read {Path(path) / 'config.json'}: {err}") from None
-    return get_family(config.get("model_type", "<missing model_type>"))
+        raise ModelNotFoundError(f"cannot read {file}: {err}") from None
+
+
+def family_of_folder(path: Path) -> Family:
+    """The family of a saved model folder, from its ``config.json`` ``model_type``."""
+    return get_family(read_model_config(path).get("model_type", "<missing model_type>"))

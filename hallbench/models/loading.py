@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, ModelNotFoundError
-from hallbench.models.families import Family, family_of_folder, get_family
+from hallbench.models.families import Family, family_of_folder, get_family, read_model_config
 from hallbench.models.registry import ResolvedModel, resolve_model
 from hallbench.models.tiny import TinySize, build_tiny
 from hallbench.train.load import find_run_config
@@ -40,12 +40,7 @@ TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
 def stored_dtype(path: Path) -> str:
     """The dtype a checkpoint declares (``config.json`` ``dtype`` / ``torch_dtype``, else its text config's); float32 if none."""
-    import json
-
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return "float32"
+    config = read_model_config(path, required=False)
     for section in (config, config.get("text_config") or {}):
         value = section.get("dtype") or section.get("torch_dtype")
         if value in TORCH_DTYPES:
@@ -63,11 +58,9 @@ def load_weights(family: Family, path: Path, torch_dtype: Any) -> Any:
     (``FineGrainedFP8Config(dequantize=True)``: weight x scale, in ``torch_dtype``) on every device,
     which is also what transformers does by itself on CPUs and older GPUs.
     """
-    import json
-
     from transformers import FineGrainedFP8Config
 
-    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    config = read_model_config(path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
     quantization = config.get("quantization_config")
     if quantization:

@@ -99,7 +99,7 @@ def encode_conversation(processor: Any, family: Family, conversation: Conversati
                 raise HallbenchError(f"{conversation.location}: the rendered conversation starts with an answer")
             out = processor(text=[text], images=images or None, return_tensors="pt")
             piece = out["input_ids"][0]
-            image_inputs = {k: out[k] for k in ("pixel_values", "image_grid_thw", "image_sizes") if k in out}
+            image_inputs = {k: out[k] for k in family.image_inputs if k in out}
             if "mm_token_type_ids" in family.extra_inputs:
                 mm_types.append(out["mm_token_type_ids"][0] if "mm_token_type_ids" in out else _image_token_types(processor, piece))
             first = False

@@ -129,7 +129,7 @@ def _freeze(model: Any, family: Any, cfg: TrainConfig) -> Any:
     else:
         inner = model
     vision = [family.vision_tower(inner)]
-    projector = getattr(inner.model, "multi_modal_projector", None)
+    projector = family.projector(inner)
     if projector is not None:
         vision.append(projector)
     for module in vision:
