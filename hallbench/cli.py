@@ -293,6 +293,14 @@ def eval_(
         str | None, typer.Option(help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).")
     ] = None,
     judge_concurrency: Annotated[int, typer.Option(help="VQA: judge requests in flight at once.")] = 8,
+    judge_timeout: Annotated[float, typer.Option(help="VQA: seconds one judge request may take before it is retried.")] = 60.0,
+    judge_attempts: Annotated[int, typer.Option(help="VQA: requests per judgement at most, the first included.")] = 6,
+    judge_max_tokens: Annotated[
+        int, typer.Option(help="VQA: the judge's completion budget (e.g. 4096 for a reasoning model that thinks in its reply).")
+    ] = 16,
+    judge_max_error_rate: Annotated[
+        float, typer.Option(help="VQA: fraction of CLOSED judgements that may fail before the run exits with status 1.")
+    ] = 0.0,
     bertscore_model: Annotated[
         str | None,
         typer.Option(help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2)."),
@@ -339,7 +347,9 @@ def eval_(
             bench=bench, out=out, data=data, images=images, model=model, split=split, parser=parser, prompt=prompt,
             drop_incomplete=drop_incomplete, instances=instances, captions=captions, synonyms=synonyms,
             marker=marker, require_marker=require_marker, judge_base_url=judge_base_url, judge_model=judge_model,
-            judge_key_env=judge_key_env, judge_concurrency=judge_concurrency, bertscore_model=bertscore_model,
+            judge_key_env=judge_key_env, judge_concurrency=judge_concurrency, judge_timeout=judge_timeout,
+            judge_attempts=judge_attempts, judge_max_tokens=judge_max_tokens, judge_max_error_rate=judge_max_error_rate,
+            bertscore_model=bertscore_model,
             bertscore_layers=bertscore_layers, bertscore_baseline=bertscore_baseline,
             max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
             api_key_env=api_key_env, device=device, dtype=dtype, system_prompt=system_prompt, prompt_suffix=prompt_suffix,
@@ -358,6 +368,19 @@ def eval_(
             f"[bold red]error:[/] every one of the {summary['n_samples']} samples failed; the first: {escape(first)}", soft_wrap=True
         )
         raise typer.Exit(1)
+    if summary.get("judge_failed"):
+        err_console.print(
+            f"[bold red]error:[/] {summary['judge_errors']} of {summary['n_closed']} CLOSED judgements failed "
+            f"({escape(_error_kinds(summary))}), more than --judge-max-error-rate {cfg.judge_max_error_rate:g}; closed_accuracy "
+            "covers the judged ones only. Run the same command again to retry them (cached verdicts are reused).",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _error_kinds(summary: dict) -> str:
+    kinds = (summary.get("judge") or {}).get("errors_by_kind") or {}
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "see judge_error_ids in summary.json"
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -378,6 +401,11 @@ def print_summary(summary: dict, out: Path) -> None:
     console.print(table)
     if summary.get("n_errors"):
         console.print(f"[yellow]{summary['n_errors']} sample(s) could not be evaluated[/]; see errors in summary.json")
+    if summary.get("judge_errors"):
+        console.print(
+            f"[yellow]judge: {summary['judge_errors']} of {summary['n_closed']} CLOSED judgements failed[/] "
+            f"({escape(_error_kinds(summary))}); ids in summary.json (judge_error_ids)"
+        )
     console.print(f"predictions and summary in [bold]{escape(str(out))}[/]")
 
 

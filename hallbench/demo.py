@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, SettingsChangedError
-from hallbench.provenance import provenance, sha256_file, write_json_atomic
+from hallbench.provenance import provenance, sha256_file
+from hallbench.runfolder import locked_output_folder, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class DemoProfile:
     caption_tokens: int = 48
     """max_new_tokens for CHAIR captions and VQA answers."""
     eval_batch_size: int = 64
+    pretrain_save_steps: int = 200
+    """Pretraining checkpoint interval: an interrupted demo resumes from the last one (200 steps: about a minute on two cores)."""
     pretrain_kinds: tuple[str, ...] = ()
     """Training-record kinds used for pretraining (``list``, ``exist``, ``caption``, ``vqa``: the part of the
     shapes ids after the image number); empty = all. Short answers (object lists, yes/no) teach a tiny
@@ -95,6 +98,7 @@ QUICK = DemoProfile(
     tiny_size={},
     pretrain={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "tune_vision": True, "logging_steps": 5},
     pretrain_args={"max_steps": 10},
+    pretrain_save_steps=4,
     pretrain_kinds=("list", "exist"),
     train={"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16, "logging_steps": 5},
     training_args={"max_steps": 5},
@@ -203,8 +207,10 @@ def _pretrain(cfg: DemoConfig, world: Path) -> Any:
     profile = cfg.profile
     folder = cfg.out / "pretrained" / f"{MODEL_REGISTRY[cfg.model].display_name}-shapes"
     common = {**_common(cfg, world), "data": _pretrain_data(cfg, world)}
+    # Step checkpoints and resume: an interrupted demo continues its pretraining (the longest stage).
+    training_args = {"save_steps": profile.pretrain_save_steps, **profile.pretrain_args}
     pretrain = TrainConfig(
-        model=cfg.model, variant="base", output_dir=folder, training_args=profile.pretrain_args, **profile.pretrain, **common
+        model=cfg.model, variant="base", output_dir=folder, training_args=training_args, resume=True, **profile.pretrain, **common
     )
     return run_train(pretrain, progress=True)
 
@@ -300,9 +306,9 @@ def _evaluations(cfg: DemoConfig, world: Path, run: Path, judge: tuple[str, str]
 
 def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> DemoResult:
     """Run (or resume) the whole demo in ``cfg.out``; ``say`` receives one line per stage event."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_stages(cfg, say)
+        with locked_output_folder(cfg.out, "--out"):
+            return _run_stages(cfg, say)
     except SettingsChangedError as err:
         # A demo folder from an older hallbench (another default profile) or other options.
         raise HallbenchError(

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -120,40 +117,3 @@ def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in blocks (annotation files can be hundreds of MB)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def make_output_folder(folder: Path, option: str) -> None:
-    """Create a run's output folder, or say in one line why it cannot be used (a file, under a file, not writable)."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise HallbenchError(f"{option} {folder}: cannot create the folder ({err.strerror or err}); choose another {option}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise HallbenchError(f"{option} {folder}: the folder is not writable; choose another {option}")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write into; it replaces ``path`` only if the block succeeds.
-
-    So a reader (or a kill, or a full disk) never sees a half-written file, the previous good copy
-    survives any failure, and no temporary file is left behind after an error.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and ``os.replace``, so a reader never sees half a file."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")

@@ -44,3 +44,15 @@ def val_images(shapes_dir):
     from hallbench.data.formats import load_image
 
     return [load_image(p) for p in sorted((shapes_dir / "images").glob("shapes_val_*.png"))[:4]]
+
+
+@pytest.fixture(scope="session")
+def pope_dir(shapes_dir, tmp_path_factory):
+    """POPE splits of 5 val images, 2 questions per image and answer."""
+    from hallbench.data.pope_build import PopeBuildConfig, build_pope
+
+    out = tmp_path_factory.mktemp("pope")
+    build_pope(
+        shapes_dir / "annotations" / "instances_val.json", out, PopeBuildConfig(n_images=5, per_image=2), images_dir=shapes_dir / "images"
+    )
+    return out

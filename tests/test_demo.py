@@ -14,10 +14,26 @@ from hallbench.train.presets import PRESETS, TABLE2
 runner = CliRunner()
 
 
-def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
+def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
+    # First interrupted in the middle of pretraining (after its checkpoint at step 4): the next demo resumes it.
+    from hallbench.train import trainer as trainer_module
+
+    original = trainer_module.EvidenceTrainer.compute_loss
+
+    def interrupted(self, *args, **kwargs):
+        if self.state.global_step + 1 == 7:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", interrupted)
+    assert runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"}).exit_code != 0
+    monkeypatch.undo()
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    pretrain_folder = out / "pretrained" / "Tiny-Qwen3-VL-shapes"
+    assert json.loads((pretrain_folder / "train_summary.json").read_text())["resumed_from"].endswith("checkpoint-4")
+    assert [json.loads(line)["step"] for line in (pretrain_folder / "train_log.jsonl").read_text().splitlines()] == [5, 10]
     assert "Table 2: Base, +M, +M+A and Ours" in result.output and "demo finished" in result.output
     assert f"runs {out / 'study' / 'runs'}" in " ".join(result.output.split())  # where the printed paths point exists
 

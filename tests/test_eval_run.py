@@ -32,15 +32,6 @@ class ScriptedBackend:
         return [self.answer(s) for s in samples]
 
 
-@pytest.fixture(scope="module")
-def pope_dir(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pope")
-    build_pope(
-        shapes_dir / "annotations" / "instances_val.json", out, PopeBuildConfig(n_images=5, per_image=2), images_dir=shapes_dir / "images"
-    )
-    return out
-
-
 def _oracle(sample):
     return "Yes, there is." if sample.meta["label"] == "yes" else "No, there is not."
 
@@ -52,7 +43,8 @@ def test_pope_run_writes_a_self_describing_folder(tmp_path, pope_dir, shapes_dir
     assert {s: m["n"] for s, m in summary["splits"].items()} == {"random": 20, "popular": 20, "adversarial": 20}
     assert summary["pooled"]["accuracy"] == 1.0 and summary["mean"]["f1"] == 1.0 and summary["n_errors"] == 0
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"config.json", "predictions.jsonl", "summary.json"}
+    assert files == {"config.json", "predictions.jsonl", "summary.json", ".hallbench.lock"}
+    assert (tmp_path / "run" / ".hallbench.lock").read_text() == ""  # released at the end of the run
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["eval"]["bench"] == "pope" and config["eval"]["decoding"]["decoding"] == "greedy"
     assert config["versions"]["transformers"] and "git_commit" in config

@@ -194,7 +194,7 @@ def test_failed_judgements_are_excluded_from_the_accuracy(server):
     judgements, stats = judge_many(items, _cfg(s.base_url, max_attempts=3), sleep=lambda _: None)
     assert [j.verdict for j in judgements] == [True, False, True, None, None]
     assert judgements[3].error_kind == "server_error" and judgements[4].error_kind == "unparseable"
-    assert judgements[4].error == "unparseable: the judge replied 'Maybe', not exactly Yes or No (gave up after 3 attempts)"
+    assert judgements[4].error == "unparseable: the judge replied 'Maybe', which gives no Yes or No (gave up after 3 attempts)"
     assert judgements[4].reply == "Maybe"
     assert s.requests == 3 + 3 + 3 and stats["judge_errors"] == 2 and stats["judged"] == 3
     summary = summarize_judgements(judgements)
@@ -428,10 +428,17 @@ def test_the_prompt_round_trips_any_answer_text():
     "text, verdict",
     [
         ("Yes", True), ("yes", True), ("YES.", True), (" **Yes.** ", True), ('"No"', False), ("no.", False), ("`No`", False),
-        ("\u201cYes\u201d", True), ("Maybe", None), ("Yes, they are", None), ("Y", None), ("", None), (None, None), ("No way", None),
+        ("\u201cYes\u201d", True), ("Maybe", None), ("Y", None), ("", None), (None, None), ("Equivalent.", None), ("Nope", None),
+        # a sentence: its first word
+        ("Yes, they are equivalent.", True), ("No - the counts differ.", False), ("**No**, three is not four.", False),
+        # an explicit final answer wins over the first word; a bare "answer" in prose is no marker
+        ("The prediction says 3, the reference three. Final answer: **Yes**", True), ("Verdict - no", False),
+        ("Answer: Yes", True), ("No. The reference answer is three.", False),
+        # reasoning models: the thinking is dropped; a reply cut inside it gives no verdict
+        ("<think>Is 3 three? No wait, yes.</think>\n\nNo", False), ("<think>Three equals 3, so yes", None),
     ],
 )  # fmt: skip
-def test_verdict_parsing_is_strict(text, verdict):
+def test_verdict_parsing(text, verdict):
     assert parse_verdict(text) is verdict
 
 
@@ -484,5 +491,5 @@ def test_summary_of_records_and_edge_cases():
     empty = summarize_judgements(records[1:])
     assert empty["accuracy"] is None and empty["judge_errors"] == 1  # nothing judged: no score, not 0.0
     assert summarize_judgements([])["accuracy"] is None
-    with pytest.raises(HallbenchError, match="different judge prompts \\(equiv-v0, equiv-v1\\)"):
+    with pytest.raises(HallbenchError, match=f"different judge prompts \\(equiv-v0, {PROMPT_ID}\\)"):
         summarize_judgements([records[0], {**records[0], "id": "c", "prompt_id": "equiv-v0"}])

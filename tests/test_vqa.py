@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -82,7 +83,7 @@ def test_vqa_end_to_end_with_the_local_judge(tmp_path, shapes_dir, vqa_file):
         summary = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
         first_requests = server.requests
         again = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
-        assert server.requests == first_requests  # every verdict came from the cache
+        assert server.requests == first_requests + 1  # the probe only: every verdict came from the cache
     metrics = summary["metrics"]
     assert metrics["closed_accuracy"] == pytest.approx(3 / 4)  # right, right ("TWO" == "2"), wrong, right without marker
     assert (summary["n_closed"], summary["n_closed_judged"], summary["judge_errors"]) == (4, 4, 0)
@@ -115,7 +116,7 @@ def test_require_marker_counts_missing_markers_as_wrong(tmp_path, shapes_dir, vq
 def test_judge_failures_are_excluded_never_correct(tmp_path, shapes_dir, vqa_file, monkeypatch):
     path, items = vqa_file
     # every request fails with a 500: all CLOSED judgements are errors
-    with start_judge_server(faults=lambda n, fields: "500") as server:
+    with start_judge_server(faults=lambda n, fields: "ok" if n == 1 else "500") as server:  # the probe (request 1) passes
         cfg = _config(tmp_path, path, shapes_dir, server.base_url)
         monkeypatch.setattr("hallbench.eval.judge.JudgeConfig.__post_init__", _fast_retries(cfg))
         summary = run_eval(cfg, backend=ScriptedBackend(_answers(items)), progress=False)
@@ -200,3 +201,58 @@ def test_a_rerun_with_fewer_samples_keeps_the_finished_predictions(tmp_path, sha
     ]  # the others are untouched
     assert (full["n_samples"], full["max_samples"]) == (len(items), None)
     assert (part["n_samples"], part["max_samples"]) == (2, 2)  # the summary says exactly what it covers
+
+
+def test_a_dead_judge_is_an_error_before_any_generation(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{free.getsockname()[1]}/v1"  # nothing listens once the socket closes
+    calls = []
+    backend = ScriptedBackend(lambda s: calls.append(s.id) or "x")
+    with pytest.raises(
+        HallbenchError,
+        match=r"the LLM judge at http://127\.0\.0\.1:\d+/v1 \(model local\) does not work: connection.*nothing was generated",
+    ):
+        run_eval(_config(tmp_path, path, shapes_dir, dead, judge_attempts=1), backend=backend, progress=False)
+    assert calls == [] and not (tmp_path / "run" / "predictions.jsonl").exists()
+    with start_judge_server(faults=lambda n, fields: "404") as server:  # a wrong model name or path: not retried
+        with pytest.raises(HallbenchError, match=r"does not work: not_found: HTTP 404"):
+            run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=backend, progress=False)
+        assert server.requests == 1
+    unparseable = pytest.raises(HallbenchError, match=r"does not work: unparseable: the judge replied 'Equivalent'")
+    with start_judge_server(faults=lambda n, fields: "reply:Equivalent") as server, unparseable:  # answers, never Yes or No
+        run_eval(_config(tmp_path, path, shapes_dir, server.base_url, judge_attempts=2), backend=backend, progress=False)
+    assert calls == []
+
+
+def test_sentence_and_reasoning_verdicts_are_read(tmp_path, shapes_dir, vqa_file):
+    path, items = vqa_file
+    replies = {"three": "reply:Yes, they are equivalent."}  # the probe's prediction
+
+    def faults(n, fields):
+        if fields and fields["prediction"] in replies:
+            return replies[fields["prediction"]]
+        return "reply:<think>The reference and the prediction differ, or do they? No.</think>Final answer: **No**"
+
+    with start_judge_server(faults=faults) as server:
+        summary = run_eval(_config(tmp_path, path, shapes_dir, server.base_url), backend=ScriptedBackend(_answers(items)), progress=False)
+    assert (summary["n_closed_judged"], summary["judge_errors"], summary["metrics"]["closed_accuracy"]) == (4, 0, 0.0)
+
+
+def test_judge_errors_past_the_threshold_exit_1_with_the_kinds(tmp_path, shapes_dir, vqa_file):
+    path, _ = vqa_file
+    args = ["eval", "--bench", "vqa", "--model", "tiny-qwen", "--data", str(path), "--images", str(shapes_dir / "images")]
+    args += ["--judge-model", "local", "--max-new-tokens", "2", "--device", "cpu", "--judge-attempts", "1"]
+    from hallbench.eval.judge import PROBE_ITEM
+
+    with start_judge_server(faults=lambda n, fields: "ok" if fields["prediction"] == PROBE_ITEM.prediction else "400") as server:
+        failed = CliRunner().invoke(app, [*args, "--judge-base-url", server.base_url, "--out", str(tmp_path / "a")])
+        tolerated = CliRunner().invoke(
+            app, [*args, "--judge-base-url", server.base_url, "--out", str(tmp_path / "b"), "--judge-max-error-rate", "1"]
+        )
+    assert failed.exit_code == 1, failed.output
+    assert "judge: 4 of 4 CLOSED judgements failed (4 bad_request)" in " ".join(failed.output.split())
+    assert "more than --judge-max-error-rate 0" in " ".join(failed.output.split())
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["judge_failed"] is True  # the summary is still written
+    assert tolerated.exit_code == 0, tolerated.output

@@ -240,30 +240,16 @@ class OpenAIBackend:
 
 def read_predictions(path: Path) -> list[dict]:
     """Records of a predictions JSONL; a torn last line (killed mid-write) is dropped, any other bad line is an error."""
-    if not path.is_file():
-        return []
-    # Bytes, decoded line by line: a kill or a full disk can cut the last line inside a multi-byte
-    # UTF-8 character, and that torn line must be dropped like any other, not crash the resume.
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            is_last = all(not rest.strip() for rest in lines[number:])
-            if is_last:
-                break
-            raise HallbenchError(f"{path}, line {number}: corrupt prediction record (not the last line, so not a torn write)") from None
-    return records
+    from hallbench.runfolder import read_appended_jsonl
+
+    return read_appended_jsonl(path, "prediction record")
 
 
 def write_records(path: Path, records: list[dict]) -> None:
     """Make ``path`` hold exactly ``records`` (atomically; untouched when it already does)."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
-        from hallbench.provenance import write_text_atomic
+        from hallbench.runfolder import write_text_atomic
 
         write_text_atomic(path, text)
 

@@ -48,7 +48,7 @@ from hallbench.provenance import check_env_name, check_url_has_no_credentials
 
 log = logging.getLogger(__name__)
 
-PROMPT_ID = "equiv-v1"
+PROMPT_ID = "equiv-v2"
 """Version of the judge prompt below. Stored in every judgement and part of the cache key: change it
 whenever the prompt text, the request parameters or the verdict parsing change."""
 
@@ -58,8 +58,9 @@ DEFAULT_KEY_ENVS = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY")
 LOCAL_DUMMY_KEY = "hallbench-local-no-key"
 """Sent to a loopback endpoint (127.0.0.1, localhost, ::1) when no key is set: local servers need none."""
 
-MAX_TOKENS = 8
-"""Completion budget: "Yes" or "No" is one or two tokens; a little room for "**Yes.**"."""
+MAX_TOKENS = 16
+"""Default completion budget: "Yes" or "No" is one or two tokens; room for "**Yes.**" or "Yes, they are
+equivalent.". A reasoning model that thinks in its reply needs ``JudgeConfig.max_tokens`` in the thousands."""
 
 _PROMPT_HEAD = (
     "You are grading a model's answer to a question about an image; you do not see the image.\n"
@@ -94,24 +95,42 @@ def parse_judge_prompt(prompt: str) -> dict[str, str] | None:
     return {k: fields[k] for k in keys}
 
 
-_STRIP_CHARS = " \t\r\n\"'`*\u201c\u201d\u2018\u2019"
+_STRIP_CHARS = " \t\r\n\"'`*_#>:\u201c\u201d\u2018\u2019"
+_THINK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.DOTALL | re.IGNORECASE)
+# "Final answer is Yes", "Verdict: no", "Answer: **Yes**"; a bare "answer" in prose ("the answer is three") is no marker.
+_FINAL_MARKER = re.compile(r"(?:\bfinal\s+(?:answer|verdict)|\bverdict)\s*(?:is\b)?\s*[:=\-]?|\banswer\s*[:=]", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 def parse_verdict(text: str | None) -> bool | None:
-    """``True`` for "yes", ``False`` for "no", ``None`` for anything else (strict).
+    """``True`` for yes, ``False`` for no, ``None`` when the reply gives no verdict.
 
-    Whitespace, surrounding quotes, backticks and asterisks (markdown bold) and a trailing period
-    are removed first, repeatedly, and case is ignored: ``'**Yes.**'``, ``'"no"'``, ``'YES'`` parse;
-    ``'Yes, they are'``, ``'Maybe'``, ``'Y'`` and ``''`` do not.
+    The rule, in order:
+
+    1. A reasoning model's thinking (``<think>...</think>``) is dropped; an unclosed ``<think>`` means
+       the reply was cut before its answer: ``None``.
+    2. If the reply states a final answer (``Final answer: Yes``, ``Verdict - no``, ``Answer: **Yes**``),
+       the word after the last such marker is the verdict.
+    3. Otherwise the first word, after quotes, markdown and punctuation: ``"Yes."``, ``"**No**"``,
+       ``"Yes, they are equivalent."``, ``"No - the counts differ."``.
+
+    Only the words yes and no count (case ignored): ``"Maybe"``, ``"Y"``, ``"Equivalent"``, ``""`` are ``None``.
     """
     if text is None:
         return None
-    previous = None
-    while text != previous:
-        previous = text
-        text = text.strip(_STRIP_CHARS)
-        text = text.removesuffix(".")
-    return {"yes": True, "no": False}.get(text.lower())
+    text = _THINK.sub(" ", text)
+    if re.search(r"<think(?:ing)?>", text, re.IGNORECASE):
+        return None
+    markers = list(_FINAL_MARKER.finditer(text))
+    if markers:
+        tail = text[markers[-1].end() :].strip(_STRIP_CHARS)
+        word = _WORD.match(tail)
+        verdict = {"yes": True, "no": False}.get(word.group(0).lower()) if word else None
+        if verdict is not None:
+            return verdict
+    head = text.strip(_STRIP_CHARS)
+    word = _WORD.match(head)
+    return {"yes": True, "no": False}.get(word.group(0).lower()) if word else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +157,8 @@ class JudgeConfig:
     """Hard cap on requests per item, the first included; an item still failing then is a judge error."""
     timeout_s: float = 60.0
     """Per-request timeout (connect, read, write) in seconds; a timeout is retried."""
+    max_tokens: int = MAX_TOKENS
+    """Completion budget per verdict; raise it (e.g. 4096) for a reasoning model that thinks in its reply."""
     backoff_base_s: float = 1.0
     """Exponential backoff with full jitter: before retry ``n`` (1-based) wait uniform(0, min(max, base * 2**(n-1)))."""
     backoff_max_s: float = 60.0
@@ -157,6 +178,8 @@ class JudgeConfig:
             raise HallbenchError(f"judge concurrency must be an integer >= 1, got {self.concurrency!r}")
         if not (isinstance(self.max_attempts, int) and 1 <= self.max_attempts <= 100):
             raise HallbenchError(f"judge max_attempts must be an integer from 1 to 100, got {self.max_attempts!r}")
+        if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
+            raise HallbenchError(f"judge max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not self.timeout_s > 0:
             raise HallbenchError(f"judge timeout_s must be > 0 seconds, got {self.timeout_s!r}")
         if not (self.backoff_base_s >= 0 and self.backoff_max_s >= self.backoff_base_s):
@@ -431,7 +454,7 @@ def _judge_one(
             # client's CPU per request, the bottleneck against a fast local server. Status errors
             # still raise the SDK's exceptions.
             raw = client.chat.completions.with_raw_response.create(
-                model=cfg.model, messages=messages, temperature=0.0, max_tokens=MAX_TOKENS
+                model=cfg.model, messages=messages, temperature=0.0, max_tokens=cfg.max_tokens
             )
             data = raw.http_response.json()
         except openai.APIStatusError as err:
@@ -466,7 +489,7 @@ def _judge_one(
                 if verdict is not None:
                     out.verdict = verdict
                     return out
-                kind, detail = "unparseable", f"the judge replied {out.reply!r}, not exactly Yes or No"
+                kind, detail = "unparseable", f"the judge replied {out.reply!r}, which gives no Yes or No"
         out.failed_kinds.append(kind)
         log.debug("judge item %s attempt %d: %s", item.id, out.attempts, scrub(f"{kind}: {detail}", secret))
         if out.attempts < cfg.max_attempts:
@@ -645,6 +668,35 @@ def judge_many(
     stats["failed_attempts_by_kind"] = dict(sorted(stats["failed_attempts_by_kind"].items()))
     stats["wall_s"] = time.perf_counter() - start
     return [results[item.id] for item in items], stats
+
+
+PROBE_ITEM = JudgeItem("hallbench-probe", "How many stars are in the image?", "3", "three")
+"""The one request :func:`probe_judge` sends: any Yes or No passes (it checks the endpoint, not the judge's taste)."""
+
+
+def probe_judge(cfg: JudgeConfig, *, sleep: Callable[[float], object] | None = None) -> str:
+    """Send one judgement request; return the reply, or raise ``HallbenchError`` saying why the judge cannot work.
+
+    Called before any generation, so that a wrong URL, model name or key, or a judge whose replies
+    give no verdict, costs one request instead of a whole generation run. At most three attempts
+    (a transient error should not stop a run).
+    """
+    from openai import OpenAI
+
+    secret, key_source = resolve_api_key(cfg)
+    client = OpenAI(base_url=cfg.base_url, api_key=secret, max_retries=0, timeout=cfg.timeout_s)
+    quick = replace(cfg, max_attempts=min(cfg.max_attempts, 3), backoff_max_s=min(cfg.backoff_max_s, 2.0))
+    try:
+        out = _judge_one(client, quick, PROBE_ITEM, secret, sleep or time.sleep, threading.Event(), key_source)
+    finally:
+        client.close()
+    if out.verdict is None:
+        raise HallbenchError(
+            f"the LLM judge at {cfg.base_url} (model {cfg.model}) does not work: {out.error}; "
+            "checked before generating, so nothing was generated. Fix --judge-base-url / --judge-model / the key "
+            "(or --judge-max-tokens for a reasoning model) and run again"
+        )
+    return out.reply or ""
 
 
 def _shared(judgement: Judgement, item_id: str) -> Judgement:

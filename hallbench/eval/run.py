@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
-from hallbench.provenance import identity_changes, make_output_folder, provenance, write_json_atomic
+from hallbench.provenance import identity_changes, provenance
+from hallbench.runfolder import FolderLock, folder_content, make_output_folder, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
@@ -55,6 +57,9 @@ class Benchmark(Protocol):
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    # Optional: ``prepare(samples)`` runs before any generation (checks that need no answers, such as
+    # probing the VQA judge); ``finalize(records)`` scores with every answer at hand.
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,14 @@ class EvalConfig:
     """VQA: environment variable with the judge's API key (default: DEEPSEEK_API_KEY, then OPENAI_API_KEY)."""
     judge_concurrency: int = 8
     """VQA: judge requests in flight at once."""
+    judge_timeout: float = 60.0
+    """VQA: seconds one judge request may take before it is retried."""
+    judge_attempts: int = 6
+    """VQA: requests per judgement at most (the first included; backoff between them)."""
+    judge_max_tokens: int = 16
+    """VQA: the judge's completion budget (raise it, e.g. to 4096, for a reasoning model that thinks in its reply)."""
+    judge_max_error_rate: float = 0.0
+    """VQA: fraction of CLOSED judgements that may fail (after every attempt) before the run exits non-zero."""
     bertscore_model: str | None = None
     """VQA: BERTScore model (default: roberta-large when available offline, else the bundled all-MiniLM-L6-v2)."""
     bertscore_layers: int | None = None
@@ -136,7 +149,7 @@ class EvalConfig:
     # Scoring settings (judge, BERTScore) may change too: a re-run re-scores the same answers.
     NON_IDENTITY = (
         "out", "strict", "device", "max_samples", "judge_base_url", "judge_model", "judge_key_env", "judge_concurrency",
-        "bertscore_model", "bertscore_layers", "bertscore_baseline",
+        "judge_timeout", "judge_attempts", "judge_max_tokens", "judge_max_error_rate", "bertscore_model", "bertscore_layers", "bertscore_baseline",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -168,6 +181,8 @@ class EvalConfig:
                 torch.device(self.device)
             except RuntimeError:
                 raise HallbenchError(f"--device {self.device!r} is not a device: use cpu, cuda, cuda:1, ...") from None
+        if not 0.0 <= self.judge_max_error_rate <= 1.0:
+            raise HallbenchError(f"--judge-max-error-rate must be a fraction from 0 to 1, got {self.judge_max_error_rate}")
         if self.image_ids is not None and self.bench != "chair":
             raise HallbenchError("--image-ids applies to --bench chair only")
         if self.decoding.max_new_tokens is None:
@@ -218,6 +233,9 @@ def _previous_config(out: Path) -> dict[str, Any]:
 def _check_resume(out: Path, identity: dict[str, Any]) -> None:
     path = out / "config.json"
     if not path.is_file():
+        # Rank 0 only: the other ranks' shards may already exist when it looks.
+        if folder_content(out) and int(os.environ.get("RANK", "0")) == 0:
+            raise HallbenchError(f"--out {out} is not empty and holds no hallbench evaluation (no config.json); choose another --out")
         return
     try:
         previous = json.loads(path.read_text(encoding="utf-8")).get("eval", {})
@@ -229,9 +247,11 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:
-    """Run one evaluation (resuming if possible); return the summary that is also written to ``summary.json``."""
-    from hallbench.eval.engine import DistInfo
+    """Run one evaluation (resuming if possible); return the summary that is also written to ``summary.json``.
 
+    The output folder is locked for the run (see ``hallbench.runfolder.FolderLock``): a second
+    evaluation into the same ``--out`` stops with the holder's pid and command.
+    """
     bench = load_benchmark(cfg)
     samples = bench.samples()
     if cfg.max_samples is not None:
@@ -241,10 +261,20 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
     if not samples:
         raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
     make_output_folder(cfg.out, "--out")
+    with FolderLock(cfg.out, option="--out"):
+        return _run_locked(cfg, bench, samples, progress=progress, backend=backend, on_chunk=on_chunk)
+
+
+def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, progress: bool, backend: Any, on_chunk: Any) -> dict[str, Any]:
+    from hallbench.eval.engine import DistInfo
+
     identity = cfg.identity()
     _check_resume(cfg.out, identity)
-    backend = backend if backend is not None else make_backend(cfg)
     dist = DistInfo.from_env()
+    prepare = getattr(bench, "prepare", None)
+    if prepare is not None and dist.rank == 0:
+        prepare(samples)  # before the (slow) model load and generation: a broken judge costs one request
+    backend = backend if backend is not None else make_backend(cfg)
     if dist.rank == 0:
         config = {"eval": identity, "backend": backend.describe(), "data": bench.describe(), "n_samples": len(samples), **provenance()}
         previous = _previous_config(cfg.out)

@@ -117,23 +117,49 @@ class VqaBenchmark:
         """Judge verdicts by record id, and the judge's request statistics."""
         if not closed:
             return {}, {}
+        from hallbench.eval.judge import JudgeItem, judge_many
+
+        items = [JudgeItem(r["id"], r["question"], r["reference"], r["final_answer"]) for r in closed]
+        judgements, stats = judge_many(items, self._judge_config())
+        return {item.id: _as_dict(j) for item, j in zip(items, judgements, strict=True)}, stats
+
+    def _judge_config(self) -> Any:
+        from hallbench.eval.judge import JudgeConfig
+
         if not self.cfg.judge_base_url:
             raise HallbenchError(
                 "--bench vqa has CLOSED questions: it needs an LLM judge (--judge-base-url, --judge-model, key in DEEPSEEK_API_KEY or "
                 "--judge-key-env); for a local judge without a key run `python -m hallbench.eval.judge_server --port 8765`"
             )
-        from hallbench.eval.judge import JudgeConfig, JudgeItem, judge_many
-
-        judge_cfg = JudgeConfig(
+        return JudgeConfig(
             base_url=self.cfg.judge_base_url,
             model=self.cfg.judge_model,
             key_env=self.cfg.judge_key_env,
             concurrency=self.cfg.judge_concurrency,
+            timeout_s=self.cfg.judge_timeout,
+            max_attempts=self.cfg.judge_attempts,
+            max_tokens=self.cfg.judge_max_tokens,
             cache_path=Path(self.cfg.out) / "judge_cache.sqlite",
         )
-        items = [JudgeItem(r["id"], r["question"], r["reference"], r["final_answer"]) for r in closed]
-        judgements, stats = judge_many(items, judge_cfg)
-        return {item.id: _as_dict(j) for item, j in zip(items, judgements, strict=True)}, stats
+
+    def _bertscore_config(self) -> Any:
+        from hallbench.eval.bertscore import BertScoreConfig
+
+        return BertScoreConfig(
+            model=self.cfg.bertscore_model, num_layers=self.cfg.bertscore_layers, baseline_path=self.cfg.bertscore_baseline
+        )
+
+    def prepare(self, samples: list[Any]) -> None:
+        """Before generation: the judge answers one probe request and the BERTScore model is found offline."""
+        kinds = {s.meta["answer_type"] for s in samples}
+        if "CLOSED" in kinds:
+            from hallbench.eval.judge import probe_judge
+
+            probe_judge(self._judge_config())
+        if "OPEN" in kinds:
+            from hallbench.eval.bertscore import resolve_bertscore
+
+            resolve_bertscore(self._bertscore_config())
 
     def finalize(self, records: list[dict]) -> list[dict]:
         """Add judge verdicts (CLOSED) and BERTScores (OPEN) to the records."""
@@ -144,13 +170,9 @@ class VqaBenchmark:
         self.bertscore_info: dict[str, Any] | None = None
         scores: dict[str, tuple[float, float, float]] = {}
         if opened:
-            from hallbench.eval.bertscore import BertScoreConfig, BertScorer
+            from hallbench.eval.bertscore import BertScorer
 
-            scorer = BertScorer(
-                BertScoreConfig(
-                    model=self.cfg.bertscore_model, num_layers=self.cfg.bertscore_layers, baseline_path=self.cfg.bertscore_baseline
-                )
-            )
+            scorer = BertScorer(self._bertscore_config())
             triples = scorer.score([r["final_answer"] for r in opened], [r["reference"] for r in opened])
             scores = {r["id"]: t for r, t in zip(opened, triples, strict=True)}
             self.bertscore_info = scorer.description()
@@ -207,6 +229,8 @@ class VqaBenchmark:
             "require_marker": self.cfg.require_marker,
             "judge_errors": len(judge_errors),
             "judge_error_ids": judge_errors,
+            "judge_error_rate": len(judge_errors) / len(closed) if closed else 0.0,
+            "judge_failed": bool(closed) and len(judge_errors) / len(closed) > self.cfg.judge_max_error_rate,
             "judge": {"base_url": self.cfg.judge_base_url, "model": self.cfg.judge_model, **getattr(self, "judge_stats", {})},
             "bertscore": getattr(self, "bertscore_info", None),
         }

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from hallbench.errors import HallbenchError
-from hallbench.provenance import atomic_path, write_text_atomic
 from hallbench.report.collect import EvalRun, RunSet, Skipped, TrainingRun, build_frame, discover, resolve_claims
 from hallbench.report.tables import Table, build_tables, legend, to_latex, to_markdown
+from hallbench.runfolder import atomic_path, locked_output_folder, write_text_atomic
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -60,34 +60,35 @@ def run_report(runs: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0,
     rel = _relative_to(runs)
     collected = build_frame(found, cells, n_resamples=n_resamples, seed=seed, relative=rel)
     tables = build_tables(collected.frame, found, cells, n_resamples=n_resamples, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    warnings = list(collected.warnings) + list(found.replaced)
+    # One writer at a time: two reports into one folder would interleave their files.
+    with locked_output_folder(out, "--out"):
+        files: list[Path] = []
+        warnings = list(collected.warnings) + list(found.replaced)
 
-    for name, table in tables.items():
-        runs_used = [_run_of(found, path) for path in table.runs]
-        footer = _provenance(runs_used, rel)
-        md = [f"# {table.title}", "", to_markdown(table), *[f"- {line}" for line in legend(table, n_resamples=n_resamples, seed=seed)]]
-        md += ["", *_missing_md(table)]
-        md += ["", "## Provenance", "", *footer]
-        files.append(_write(out / f"{name}.md", "\n".join(md) + "\n"))
-        tex = [f"% {table.title} (hallbench report; needs \\usepackage{{booktabs}})"]
-        tex += [f"% {line}" for line in legend(table, n_resamples=n_resamples, seed=seed)]
-        tex += [to_latex(table).rstrip("\n")]
-        tex += ["% Missing cells:" if table.missing else "% Missing cells: none"]
-        tex += [f"%   {' / '.join(m.row.labels)}, {m.bench} {'/'.join(m.splits)}: {' ; '.join(m.commands)}" for m in table.missing]
-        tex += ["% Provenance:", *[f"% {line}" for line in footer]]
-        files.append(_write(out / f"{name}.tex", "\n".join(tex) + "\n"))
+        for name, table in tables.items():
+            runs_used = [_run_of(found, path) for path in table.runs]
+            footer = _provenance(runs_used, rel)
+            md = [f"# {table.title}", "", to_markdown(table), *[f"- {line}" for line in legend(table, n_resamples=n_resamples, seed=seed)]]
+            md += ["", *_missing_md(table)]
+            md += ["", "## Provenance", "", *footer]
+            files.append(_write(out / f"{name}.md", "\n".join(md) + "\n"))
+            tex = [f"% {table.title} (hallbench report; needs \\usepackage{{booktabs}})"]
+            tex += [f"% {line}" for line in legend(table, n_resamples=n_resamples, seed=seed)]
+            tex += [to_latex(table).rstrip("\n")]
+            tex += ["% Missing cells:" if table.missing else "% Missing cells: none"]
+            tex += [f"%   {' / '.join(m.row.labels)}, {m.bench} {'/'.join(m.splits)}: {' ; '.join(m.commands)}" for m in table.missing]
+            tex += ["% Provenance:", *[f"% {line}" for line in footer]]
+            files.append(_write(out / f"{name}.tex", "\n".join(tex) + "\n"))
 
-    plots = _plots(found, collected.frame, out, rel, warnings)
-    files += [p for p, _ in plots]
-    csv = out / "results.csv"
-    with atomic_path(csv) as tmp:
-        collected.frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
-    files.append(csv)
-    result = ReportResult(out, files, collected.frame, tables, found.skipped, found.excluded, warnings)
-    files.append(_write(out / "index.md", _index(result, found, plots, runs, rel, n_resamples, seed)))
-    return result
+        plots = _plots(found, collected.frame, out, rel, warnings)
+        files += [p for p, _ in plots]
+        csv = out / "results.csv"
+        with atomic_path(csv) as tmp:
+            collected.frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        files.append(csv)
+        result = ReportResult(out, files, collected.frame, tables, found.skipped, found.excluded, warnings)
+        files.append(_write(out / "index.md", _index(result, found, plots, runs, rel, n_resamples, seed)))
+        return result
 
 
 # ---------------------------------------------------------------------------------------------

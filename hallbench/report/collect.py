@@ -35,6 +35,7 @@ import pandas as pd
 
 from hallbench.errors import HallbenchError
 from hallbench.report.bootstrap import RatioMetric, SampleTable, bootstrap_ci, paired_test, point, stable_seed
+from hallbench.runfolder import read_appended_jsonl
 
 PRETRAINED = "pretrained"
 """Variant key of an evaluation whose model is not a hallbench training run."""
@@ -353,22 +354,6 @@ def _age(run: EvalRun) -> tuple[str, float]:
 # Per-sample components
 
 
-def _read_records(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise HallbenchError(f"{path}, line {number}: not JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise HallbenchError(f"{path}, line {number}: expected a JSON object")
-            records.append(record)
-    return records
-
-
 def _scored(records: list[dict]) -> list[dict]:
     # The benches leave records with an error out of every metric; so does the bootstrap.
     return [r for r in records if r.get("error") in (None, "", False)]
@@ -497,7 +482,7 @@ def build_frame(
         if id(run) not in records:
             path = run.path / "predictions.jsonl"
             try:
-                records[id(run)] = _read_records(path) if path.is_file() else None
+                records[id(run)] = read_appended_jsonl(path, "prediction record") if path.is_file() else None
                 if records[id(run)] is None:
                     warnings.append(Skipped(run.path, "no predictions.jsonl: values shown without confidence intervals"))
             except HallbenchError as err:

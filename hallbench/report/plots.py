@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from hallbench.provenance import atomic_path
 from hallbench.report.collect import POPE_SPLITS, TrainingRun, variant_rank
+from hallbench.runfolder import atomic_path
 
 LOSSES = (("ce", "CE"), ("l_orth", "L_orth"), ("l_ctr", "L_ctr"))
 

@@ -21,7 +21,7 @@ DEEPSPEED_PRESETS = ("zero2", "zero3")
 OWNED_TRAINING_ARGS = frozenset(
     {
         "output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-        "bf16", "fp16", "save_strategy", "save_total_limit", "logging_steps", "seed", "data_seed", "deepspeed",
+        "bf16", "fp16", "save_total_limit", "logging_steps", "seed", "data_seed", "deepspeed",
         "gradient_checkpointing", "activation_checkpointing", "remove_unused_columns", "report_to", "use_cpu", "resume_from_checkpoint",
     }
 )  # fmt: skip
@@ -62,7 +62,7 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 where the GPU supports it, else fp32), bf16, fp16 or fp32."""
     save_total_limit: int = 2
-    """Checkpoints kept (one per epoch; the seed's 2)."""
+    """Complete checkpoints kept (one per epoch, or every N steps with ``--set save_steps=N``; the seed's 2)."""
     logging_steps: int = 2
     """Log CE, L_orth, L_ctr every N optimizer steps (the seed's 2)."""
     seed: int = 42

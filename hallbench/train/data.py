@@ -129,11 +129,41 @@ def _image_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:
     return (ids == image_token_id).long()
 
 
+def _check_images(folder: Path, conversations: list[Conversation]) -> None:
+    """Every referenced image is inside ``folder``, exists, and opens (header only: fast for 600k images)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = folder.resolve()
+    seen: dict[str, str] = {}
+    for conversation in conversations:
+        for name in conversation.images:
+            seen.setdefault(name, conversation.location)
+    missing = []
+    for name, where in seen.items():
+        path = (folder / name).resolve()
+        if not path.is_relative_to(root):
+            raise HallbenchError(f"{where}: image {name!r} leads outside the image folder {folder} (image paths are relative to --images)")
+        if not path.is_file():
+            missing.append((where, name))
+            continue
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is parsed on open; size proves it
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise HallbenchError(f"image {folder / name} (referenced by {where}) cannot be read as an image: {err}") from None
+    if missing:
+        where, name = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise HallbenchError(f"image not found: {folder / name} (referenced by {where}){more}")
+
+
 class ConversationDataset(torch.utils.data.Dataset):
     """LLaVA-format conversations with their images, tokenised on access.
 
     Cheap checks run up front on every sample (readable records, an assistant turn, every image file
-    present), so a bad record fails the run before the first step instead of hours into it.
+    inside the image folder, present, and with a header Pillow reads), so a bad record fails the run
+    before the first step instead of hours into it. Pixels are decoded when a sample is used; a file
+    whose body is damaged past its header is an error naming the sample then.
     """
 
     def __init__(self, data: Path, images: Path, processor: Any, family: Family, max_length: int, *, cache: bool = False):
@@ -143,13 +173,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.conversations = read_conversations(self.data)
         if not self.conversations:
             raise HallbenchError(f"{self.data} holds no training samples")
-        missing = [
-            (c.location, name) for c in self.conversations for name in c.images if not (self.images_dir / name).is_file()
-        ]  # fmt: skip
-        if missing:
-            where, name = missing[0]
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise HallbenchError(f"image not found: {self.images_dir / name} (referenced by {where}){more}")
+        _check_images(self.images_dir, self.conversations)
         self.processor, self.family, self.max_length = processor, family, max_length
         # With ``cache``, each sample is tokenised once and kept; samples of the same image share one
         # copy of its pixel tensors (the shapes world has 5 conversations per image). Tensors are

@@ -5,18 +5,22 @@ A run folder is self-describing:
     OUTPUT_ROOT/output_model_<model display name>_<variant label>/
       hallbench_config.json   model, variant, every method flag, training settings, data path + sha256, versions
       train_log.jsonl         one line per logging step: loss, ce, l_orth, l_ctr, learning rate, grad norm
-      checkpoint-N/           one per epoch (the last two kept), for --resume
+      checkpoint-N/           one per epoch, or every save_steps (the last save_total_limit complete ones kept), for --resume;
+                              complete once hallbench_checkpoint.json is in it (a torn one is skipped and rewritten)
       config.json, model.safetensors, processor files   the trained model (save_pretrained; loadable alone)
       evidence.safetensors    the evidence modules (absent for Base)
       train_summary.json      written last: its presence means the run finished
 
 Re-running a finished run's command is a no-op (``skipped``); a folder holding a run with other
-settings is an error, so that one folder never mixes two experiments.
+settings is an error, so that one folder never mixes two experiments. The learning rate is the one
+setting a resume may change (the usual answer to a divergence); the change is recorded under
+``resumes`` in ``hallbench_config.json``. The folder is locked while a run writes into it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -25,15 +29,21 @@ from typing import Any
 
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.models.loading import RUN_CONFIG_FILE
-from hallbench.provenance import identity_changes, make_output_folder, provenance, sha256_file, write_json_atomic
+from hallbench.provenance import identity_changes, provenance, sha256_file
+from hallbench.runfolder import FolderLock, folder_content, make_output_folder, write_json_atomic
 from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
 from hallbench.train.presets import get_preset
 
 SUMMARY_FILE = "train_summary.json"
 RUN_FORMAT = "hallbench-run/1"
 PAPER_MODELS = ("qwen2b", "qwen4b", "ministral3b")
+log = logging.getLogger(__name__)
 # Settings that may differ between a run and its continuation without changing the experiment.
-NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed", "cache_data")
+NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed", "cache_data", "save_total_limit", "logging_steps")
+# TrainingArguments (``--set``) that only say when to save: not part of the experiment either.
+NON_IDENTITY_ARGS = ("save_strategy", "save_steps")
+# May differ on resume (recorded); a finished run is still identified by the rate it ended with.
+RESUMABLE_CHANGES = ("learning_rate",)
 
 
 @dataclass
@@ -82,26 +92,36 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     values = cfg.to_dict()
     for key in NON_IDENTITY:
         values.pop(key, None)
+    values["training_args"] = {k: v for k, v in values["training_args"].items() if k not in NON_IDENTITY_ARGS}
     values["variant"] = cfg.preset_name
     return values
 
 
 def _check_existing(folder: Path, cfg: TrainConfig) -> str:
-    """``new``, ``finished`` or ``unfinished``; a run with other settings is an error."""
+    """``new``, ``finished`` or ``unfinished``; a run with other settings is an error.
+
+    A resumed unfinished run may change the learning rate (``RESUMABLE_CHANGES``) and nothing else.
+    """
     config_path = folder / RUN_CONFIG_FILE
     if not config_path.is_file():
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder_content(folder):
             raise HallbenchError(f"{folder} exists and is not a hallbench run; choose another --output-root or --output-dir")
         return "new"
     try:
         previous = json.loads(config_path.read_text(encoding="utf-8"))["identity"]
-    except (json.JSONDecodeError, KeyError) as err:
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
         raise HallbenchError(f"{config_path} is corrupt ({err}); move the folder away or choose another --output-dir") from None
     identity = json.loads(json.dumps(_identity(cfg)))
+    finished = (folder / SUMMARY_FILE).is_file()
+    if not finished:
+        resumable = identity_changes({k: previous.get(k) for k in RESUMABLE_CHANGES}, {k: identity.get(k) for k in RESUMABLE_CHANGES})
+        previous = {**previous, **{k: identity.get(k) for k in RESUMABLE_CHANGES}}
+        if resumable and not cfg.resume and not identity_changes(previous, identity):
+            raise HallbenchError(f"{folder} holds an unfinished run of these settings but {resumable}; add --resume to continue it so")
     details = identity_changes(previous, identity)
     if details:
         raise SettingsChangedError(folder, details, "choose another --output-dir")
-    return "finished" if (folder / SUMMARY_FILE).is_file() else "unfinished"
+    return "finished" if finished else "unfinished"
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -152,7 +172,7 @@ def _training_arguments(cfg: TrainConfig, folder: Path, precision: str) -> Any:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        save_strategy="epoch",
+        save_strategy="steps" if "save_steps" in cfg.training_args else "epoch",
         save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
@@ -180,23 +200,32 @@ def _is_main_process() -> bool:
 
 
 def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train one variant of one model into its run folder (resuming or skipping as the folder says)."""
+    """Train one variant of one model into its run folder (resuming or skipping as the folder says).
+
+    The folder is locked for the run (``hallbench.runfolder.FolderLock``): a second training into
+    it stops with the holder's pid and command.
+    """
+    folder = run_folder(cfg)
+    option = "--output-dir" if cfg.output_dir is not None else "--output-root"
+    make_output_folder(folder, option)
+    with FolderLock(folder, option=option):
+        return _train_locked(cfg, folder, progress=progress)
+
+
+def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainResult:
     import torch
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from hallbench.models.loading import load_model
     from hallbench.train.data import Collator, ConversationDataset
     from hallbench.train.evidence import attach_evidence
-    from hallbench.train.trainer import TRAIN_LOG_FILE, EvidenceTrainer, JsonlLogCallback
+    from hallbench.train.trainer import TRAIN_LOG_FILE, EvidenceTrainer, JsonlLogCallback, checkpoints
 
-    folder = run_folder(cfg)
     state = _check_existing(folder, cfg)
     if state == "finished":
         return TrainResult(folder, "skipped", json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8")))
     if state == "unfinished" and not cfg.resume:
         raise HallbenchError(f"{folder} holds an unfinished run with the same settings; add --resume to continue it")
-    make_output_folder(folder, "--output-dir" if cfg.output_dir is not None else "--output-root")
     preset = get_preset(cfg.variant)
     evidence_cfg = cfg.evidence
     precision = _precision(cfg)
@@ -221,7 +250,24 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     model = _freeze(model, family, cfg)
 
     config_path = folder / RUN_CONFIG_FILE
-    created = json.loads(config_path.read_text(encoding="utf-8")).get("created") if config_path.is_file() else None
+    previous_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    found = checkpoints(folder) if cfg.resume else []
+    complete = [path for _, path, ok in found if ok]
+    checkpoint = str(complete[-1]) if complete else None
+    resumes = list(previous_config.get("resumes", []))
+    if state == "unfinished":
+        torn = [path.name for _, path, ok in found if not ok]
+        resumes.append(
+            {
+                "from_checkpoint": Path(checkpoint).name if checkpoint else None,
+                "skipped_torn_checkpoints": torn,
+                "learning_rate": cfg.learning_rate,
+                "previous_learning_rate": previous_config.get("identity", {}).get("learning_rate"),
+                "at": provenance()["created"],
+            }
+        )
+        for name in torn:
+            log.warning("%s/%s is incomplete (the run was stopped while writing it): skipped, it will be rewritten", folder, name)
     run_config = {
         "format": RUN_FORMAT,
         "model": {
@@ -252,8 +298,10 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         },
         **provenance(),
     }
-    if created:
-        run_config["created"] = created
+    if previous_config.get("created"):
+        run_config["created"] = previous_config["created"]
+    if resumes:
+        run_config["resumes"] = resumes
     if _is_main_process():
         write_json_atomic(config_path, run_config)
 
@@ -275,7 +323,6 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
-    checkpoint = get_last_checkpoint(str(folder)) if cfg.resume else None
     if checkpoint is not None:
         trainer.load_contrastive_queue(checkpoint)
     output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -288,7 +335,7 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     summary = {
         "finished": True,
         "global_step": output.global_step,
-        "train_loss": output.training_loss,
+        "train_loss": trainer.whole_run_loss(output),
         "metrics": output.metrics,
         "resumed_from": checkpoint,
         "last_log": _last_log(folder / TRAIN_LOG_FILE),

@@ -6,7 +6,15 @@ It overrides only what it must:
   step and every term in the message;
 - ``log``: adds the window means of ``ce``, ``l_orth`` and ``l_ctr`` to the Trainer's own logs;
 - ``_save`` / ``_load_from_checkpoint``: the evidence modules live in ``evidence.safetensors`` beside
-  the model, whose own weights file stays loadable by plain ``from_pretrained``.
+  the model, whose own weights file stays loadable by plain ``from_pretrained``;
+- ``_get_grad_norm`` / ``_maybe_log_save_evaluate``: a non-finite gradient norm stops the run before
+  the optimizer step (so no weight becomes NaN) and, under DeepSpeed where the norm is known only
+  after the step, before any save (so no checkpoint holds NaN weights);
+- ``_save_checkpoint``: a checkpoint is complete only once ``hallbench_checkpoint.json`` (file sizes,
+  loss sum) is written, last, after every rank finished; :func:`last_complete_checkpoint` is what
+  ``--resume`` continues from, and rotation (``save_total_limit``) keeps complete checkpoints only;
+- ``_load_optimizer_and_scheduler``: the learning rate given on resume is the one used from then on
+  (the saved scheduler would otherwise restore the old one).
 
 The CE is the mean over the micro-batch's answer tokens, and the Trainer divides it by the
 gradient-accumulation steps (``model_accepts_loss_kwargs = False``): one definition whatever the
@@ -16,6 +24,7 @@ model's forward signature says.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +33,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from hallbench.errors import HallbenchError
-from hallbench.provenance import write_text_atomic
+from hallbench.runfolder import read_appended_jsonl, write_json_atomic, write_text_atomic
 from hallbench.train.data import IGNORE_INDEX
 from hallbench.train.evidence import ContrastiveLoss, EvidenceConfig, EvidenceModel, orthogonality_loss
 
@@ -33,8 +42,43 @@ TRAIN_LOG_FILE = "train_log.jsonl"
 _EVIDENCE_KEY = re.compile(r"(?:^|\.)evidence\.(.+)$")
 
 
+CHECKPOINT_MARKER = "hallbench_checkpoint.json"
+"""Written last into ``checkpoint-N``: without it (or with a file of another size) the checkpoint is torn."""
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
 class NonFiniteLossError(HallbenchError):
-    """The loss became NaN or infinite; the run stopped before applying it."""
+    """The loss or the gradient became NaN or infinite; the run stopped before applying it."""
+
+
+def _checkpoint_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKPOINT_MARKER}
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """Whether ``checkpoint-N`` has its marker and every file the marker lists, at its recorded size."""
+    try:
+        marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+        files = marker["files"]
+        return all((Path(folder) / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path, bool]]:
+    """``(step, path, complete)`` of every ``checkpoint-N`` folder of a run, by step."""
+    found = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        match = _CHECKPOINT_DIR.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path, checkpoint_is_complete(path)))
+    return sorted(found)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint of a run (``--resume`` continues from it; torn ones are skipped)."""
+    complete = [path for _, path, ok in checkpoints(folder) if ok]
+    return complete[-1] if complete else None
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -108,6 +152,8 @@ class EvidenceTrainer(Trainer):
         self.contrastive = ContrastiveLoss(evidence_cfg.tau, evidence_cfg.ctr_queue) if evidence_cfg.lambda_ctr else None
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
+        self.loss_sum_before_resume = 0.0
+        """Sum of the per-step losses of the steps before the checkpoint this run resumed from."""
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels")
@@ -174,15 +220,98 @@ class EvidenceTrainer(Trainer):
             save_evidence(evidence_state, Path(output_dir))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        import shutil
+
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and folder.exists():
+            # Only a torn one can be here (resume starts after the last complete checkpoint): start clean.
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        # Rotation waits until this checkpoint is complete, and then counts complete ones only.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         if self.contrastive is not None and self.contrastive.queue:
             # The L_ctr negatives queue is training state like the optimizer's: without it a resumed
             # run would see other negatives than the uninterrupted one. One file per rank (own batches).
             from safetensors.torch import save_file
 
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             queue = {k: v.detach().to("cpu").contiguous() for k, v in self.contrastive.queue.items()}
             save_file({str(k): v for k, v in queue.items()}, str(folder / f"ctr_queue.rank{self.args.process_index}.safetensors"))
+        # The loss of the steps since the last log (a collective: every rank saves). A resumed run adds it back.
+        unlogged = float(self.accelerator.reduce(self._tr_loss.detach().clone(), reduction="mean"))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            marker = {
+                "step": self.state.global_step,
+                "loss_sum": self.loss_sum_before_resume + self._total_loss_scalar + unlogged,
+                "files": _checkpoint_files(folder),
+            }
+            write_json_atomic(folder / CHECKPOINT_MARKER, marker)
+            self._rotate_complete_checkpoints(limit)
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_complete_checkpoints(self, limit: int | None) -> None:
+        import shutil
+
+        found = checkpoints(Path(self.args.output_dir))
+        complete = [path for _, path, ok in found if ok]
+        newest = complete[-1] if complete else None
+        for step, path, ok in found:
+            torn_and_older = not ok and newest is not None and step < int(newest.name.split("-")[1])
+            if torn_and_older or (ok and limit and path in complete[:-limit]):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._check_grad_norm(norm, "before the update: no weight was changed by it")
+        return norm
+
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        # DeepSpeed computes the norm inside its step; this check still comes before any save.
+        self._check_grad_norm(grad_norm, "before saving: no checkpoint holds the update")
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _check_grad_norm(self, norm: Any, when: str) -> None:
+        if norm is None:
+            return
+        value = float(norm.item() if hasattr(norm, "item") else norm)
+        if math.isfinite(value):
+            return
+        last = last_complete_checkpoint(Path(self.args.output_dir))
+        where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise NonFiniteLossError(
+            f"the gradient norm became {value} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.3f}); "
+            f"stopped {when}; {where}. Lower --learning-rate (or the lambdas, or set max_grad_norm) and run again with --resume."
+        )
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        marker = Path(checkpoint) / CHECKPOINT_MARKER
+        if marker.is_file():
+            self.loss_sum_before_resume = float(json.loads(marker.read_text(encoding="utf-8")).get("loss_sum", 0.0))
+        # The restored scheduler carries the learning rate of the interrupted run; a resume may lower it.
+        base_lrs = getattr(self.lr_scheduler, "base_lrs", None)
+        if base_lrs and base_lrs[0] and not math.isclose(base_lrs[0], self.args.learning_rate, rel_tol=1e-12):
+            ratio = self.args.learning_rate / base_lrs[0]
+            self.lr_scheduler.base_lrs = [lr * ratio for lr in base_lrs]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if hasattr(self.lr_scheduler, "_last_lr"):
+                self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def whole_run_loss(self, output: Any) -> float:
+        """Mean training loss over every step of the run, the steps before a resume included
+        (``TrainOutput.training_loss`` covers this ``train()`` call only)."""
+        steps = output.global_step
+        this_call = output.training_loss * (steps - self._initial_global_step)
+        return (self.loss_sum_before_resume + this_call) / max(steps, 1)
 
     def load_contrastive_queue(self, checkpoint: str | Path) -> None:
         """Restore the L_ctr queue saved with ``checkpoint`` (called before ``train(resume_from_checkpoint=...)``)."""
@@ -206,16 +335,8 @@ class EvidenceTrainer(Trainer):
 
 
 def read_log(path: Path) -> list[dict]:
-    """The records of ``train_log.jsonl``; lines torn by a crash (mid-JSON or mid-UTF-8 character) are skipped."""
-    records = []
-    for line in Path(path).read_bytes().split(b"\n") if Path(path).is_file() else []:
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    """The records of ``train_log.jsonl`` (a last line torn by a crash is dropped)."""
+    return read_appended_jsonl(path, "training log record")
 
 
 class JsonlLogCallback(TrainerCallback):
