@@ -127,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
         logging_steps=10**6, report_to=[], use_cpu=not on_gpu, disable_tqdm=True, dataloader_num_workers=0, seed=0,
     )  # fmt: skip
     trainer = EvidenceTrainer(
-        model=model, args=training_args, train_dataset=encoded, data_collator=Collator(processor.tokenizer.pad_token_id),
+        model=model, args=training_args, train_dataset=encoded, data_collator=Collator(processor.tokenizer.pad_token_id, with_image_ids=cfg.lambda_ctr > 0),
         callbacks=[timer], evidence=evidence, evidence_cfg=cfg,
     )  # fmt: skip
     if on_gpu:

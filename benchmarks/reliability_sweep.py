@@ -92,7 +92,7 @@ def setup(root: Path) -> dict[str, Path]:
     vqa = root / "vqa.json"
     vqa.write_text(json.dumps(json.loads((world / "eval_vqa.json").read_text())[:12]))
     train = root / "train.json"
-    train.write_text(json.dumps(json.loads((world / "train.json").read_text())[:32]))
+    train.write_text(json.dumps(json.loads((world / "train.json").read_text())[:64]))
     return {"world": world, "pope": pope, "vqa": vqa, "train": train}
 
 
@@ -162,7 +162,7 @@ def sweep_train(files: dict[str, Path], root: Path, n: int) -> list[dict]:
             str(files["world"] / "images"),
         ]
         base += ["--output-dir", str(out), "--learning-rate", "1e-3", "--logging-steps", "1", "--batch-size", "4"]
-        base += ["--set", "max_steps=8", "--set", "save_steps=1"]
+        base += ["--set", "max_steps=40", "--set", "save_steps=4"]  # ~10 s of steps to kill into, on 2 cores
         return base + (["--resume"] if resume else [])
 
     ref = root / "train_ref"
@@ -229,7 +229,7 @@ def bad_inputs(files: dict[str, Path], root: Path, judge_url: str) -> list[dict]
     a_file = bad / "a_file"
     a_file.write_text("x")
     torn_pope = bad / "pope_torn.jsonl"
-    lines = (files["pope"] / "random.json").read_text().splitlines() if (files["pope"] / "random.json").exists() else []
+    lines = (files["pope"] / "random.jsonl").read_text().splitlines()
     torn_pope.write_text("\n".join([*lines[:2], '{"question_id": 3, "image": ', *lines[2:4]]) + "\n")
     train = json.loads(files["train"].read_text())
     escaping = bad / "escaping.json"
@@ -247,7 +247,7 @@ def bad_inputs(files: dict[str, Path], root: Path, judge_url: str) -> list[dict]
     train_cmd = ["train", "--model", "tiny-qwen", "--variant", "base", "--set", "max_steps=1"]
     images = str(files["world"] / "images")
     cases: dict[str, list[str]] = {
-        "eval: non-UTF-8 POPE file": [*pope, "--data", str(latin1), "--out", str(bad / "o1")],
+        "eval: non-UTF-8 POPE file": [*pope, "--data", str(latin1), "--images", images, "--out", str(bad / "o1")],
         "eval: POPE file with a broken line": [*pope, "--data", str(torn_pope), "--images", images, "--out", str(bad / "o2")],
         "eval: missing --data": [*pope, "--data", str(bad / "nope.json"), "--out", str(bad / "o3")],
         "eval: --out is a file": [*pope, "--data", str(files["pope"]), "--out", str(a_file)],
@@ -274,7 +274,8 @@ def bad_inputs(files: dict[str, Path], root: Path, judge_url: str) -> list[dict]
         "train: missing --deepspeed file": [*train_cmd, "--data", str(files["train"]), "--images", images, "--output-dir", str(bad / "t8"), "--deepspeed", str(bad / "ds.json")],
         "report: missing --runs": ["report", "--runs", str(bad / "nope"), "--out", str(bad / "r1")],
         "report: --out is a file": ["report", "--runs", str(root / "report_runs"), "--out", str(a_file)],
-        "data pope: non-UTF-8 instances": ["data", "pope", "--instances", str(latin1), "--out", str(bad / "p1")],
+        "data pope: non-UTF-8 instances": ["data", "pope", "--instances", str(latin1), "--images", images, "--out", str(bad / "p1")],
+        "data pope: instances of another format": ["data", "pope", "--instances", str(files["train"]), "--images", images, "--out", str(bad / "p2")],
     }  # fmt: skip
     results = []
     for name, args in cases.items():

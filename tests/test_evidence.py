@@ -124,13 +124,31 @@ def test_contrastive_queue_gives_negatives_at_batch_size_one(tiny_models, val_im
     evidence.state.collect_aux = True
     loss = ContrastiveLoss(cfg.tau, cfg.ctr_queue)
     losses = []
-    for image in val_images[:3]:
+    for n, image in enumerate([*val_images[:3], val_images[0]]):
         batch = chat_inputs(processor, [image], ["Is there a star in the image?"])
         model(**batch)
-        losses.append(loss(evidence, batch["attention_mask"].bool()).item())
+        image_id = torch.tensor([0 if n == 3 else n])  # the fourth sample shows the first image again
+        losses.append(loss(evidence, batch["attention_mask"].bool(), image_id).item())
     assert losses[0] == pytest.approx(0.0, abs=1e-6)  # one sample, empty queue: nothing to contrast
     assert losses[1] > 0.0 and losses[2] > 0.0  # the queue supplies negatives
-    assert all(q.shape[0] == 3 for q in loss.queue.values())  # every image seen so far (queue size 4)
+    assert all(q.shape[0] == 4 for q in loss.queue.values()) and loss.queue_ids.tolist() == [0, 2, 1, 0]
+
+
+def test_info_nce_masks_negatives_that_show_the_positives_own_image():
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    keys = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    queue = torch.tensor([[0.95, 0.05], [0.0, 1.0]])
+    ids, queue_ids = torch.tensor([7, 7, 8]), torch.tensor([7, 9])  # rows 0 and 1: one image, two conversations
+    masked = info_nce(q, keys, 0.5, queue, ids, queue_ids)
+    # by hand: row 0 keeps columns {0 (positive), 2, queue 1}; row 1 keeps {1 (positive), 2, queue 1};
+    # row 2 keeps {0, 1, 2 (positive), queue 0, queue 1} (no other conversation of image 8)
+    qn = torch.nn.functional.normalize(q, dim=-1)
+    logits = qn @ torch.nn.functional.normalize(torch.cat([keys, queue]), dim=-1).T / 0.5
+    keep = [[0, 2, 4], [1, 2, 4], [0, 1, 2, 3, 4]]
+    positive = [0, 1, 2]
+    expected = torch.stack([torch.logsumexp(logits[i, k], 0) - logits[i, positive[i]] for i, k in enumerate(keep)]).mean()
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert info_nce(q, keys, 0.5, queue).item() > masked.item()  # unmasked, the own image pushes the loss up
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ ANSWERS = [
     ("The image shows a dog.", "unknown", "yes"),
     ("There is a dog. There is no cat.", "unknown", "yes"),  # only the first sentence counts
     ("Yes, but not a cat.", "yes", "no"),  # hallbench: a leading yes wins; official: any negation
-    ("There is a dog, not a cat.", "no", "no"),  # no leading yes: the negation decides (documented limit)
+    ("There is a dog, not a cat.", "no", "no"),  # without the asked object the negation decides (see OBJECT_ANSWERS)
     ("I think yes.", "yes", "yes"),
     ("Yes. No.", "yes", "yes"),
     ("yesterday", "unknown", "yes"),  # whole words only
@@ -66,6 +66,67 @@ def test_parse_answer_hallbench_rule(text, expected, _official):
 @pytest.mark.parametrize(("text", "_hallbench", "expected"), ANSWERS, ids=[repr(a[0]) for a in ANSWERS])
 def test_parse_answer_official_rule(text, _hallbench, expected):
     assert parse_answer(text, rule="official") == expected
+
+
+# Hedges and refusals are unknown, not no; an explicit leading answer word still decides.
+HEDGES = [
+    ("I don't know.", "unknown"),
+    ("I do not know if there is one.", "unknown"),
+    ("Not sure.", "unknown"),
+    ("I'm not certain.", "unknown"),
+    ("I cannot tell.", "unknown"),
+    ("I can't determine whether there is a dog.", "unknown"),
+    ("It's hard to say.", "unknown"),
+    ("It is unclear from the image.", "unknown"),
+    ("I am unable to answer that.", "unknown"),
+    ("Maybe.", "unknown"),
+    ("Possibly not.", "unknown"),
+    ("There might be a dog.", "unknown"),
+    ("There may or may not be a dog.", "unknown"),
+    ("No, I'm not sure.", "no"),  # a leading no is the answer
+    ("Yes, but I'm not certain.", "yes"),
+    ("I cannot see a dog.", "no"),  # not seeing the object is an answer, not a hedge
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), HEDGES, ids=[h[0] for h in HEDGES])
+def test_hedges_and_refusals_are_unknown(text, expected):
+    assert parse_answer(text, asked="dog") == expected
+    assert parse_answer(text, rule="official") in ("yes", "no")  # the official rule never says unknown
+
+
+# The answer is read for the asked object: affirming it while negating another is yes.
+OBJECT_ANSWERS = [
+    ("dog", "There is a dog, not a cat.", "yes"),
+    ("cat", "There is a dog, not a cat.", "no"),
+    ("dog", "I see two dogs.", "yes"),  # the plural names the object too
+    ("dog", "There's no cat, only a dog.", "yes"),
+    ("dog", "Not a dog but a cat.", "no"),
+    ("dog", "The dog is not visible.", "no"),
+    ("dog", "There is a dog bed, but no dog.", "no"),  # a clause that names the object holds a negation
+    ("dog", "The image shows a cat.", "unknown"),  # says nothing about the dog
+    ("dog", "A hotdog.", "unknown"),  # whole words only
+    ("dog", "Is there a dog in the image? Yes, there is.", "yes"),  # the echoed question is skipped
+    ("dining table", "There is a dining table but no chair.", "yes"),
+    ("dining table", "I see chairs, no dining tables.", "no"),
+]
+
+
+@pytest.mark.parametrize(("asked", "text", "expected"), OBJECT_ANSWERS, ids=[f"{a}: {t}" for a, t, _ in OBJECT_ANSWERS])
+def test_an_answer_is_read_for_the_asked_object(asked, text, expected):
+    assert parse_answer(text, asked=asked) == expected
+
+
+def test_questions_use_a_or_an_and_name_their_object():
+    from hallbench.eval.pope import asked_object, existence_question
+
+    assert [existence_question(n) for n in ("apple", "dog", "umbrella", "hair drier")] == [
+        "Is there an apple in the image?", "Is there a dog in the image?", "Is there an umbrella in the image?",
+        "Is there a hair drier in the image?",
+    ]  # fmt: skip
+    assert asked_object("Is there a dining table in the imange?") == "dining table"  # the official files' typo
+    assert asked_object("Is there an apple in the image?") == "apple"
+    assert asked_object("What is this?") is None
 
 
 def test_official_rule_counts_every_unparseable_answer_as_yes():
@@ -321,8 +382,9 @@ EXPECTED_NEGATIVES = {
 
 def _name(question: dict) -> str:
     text = question["text"]
-    assert text.startswith("Is there a ") and text.endswith(" in the image?"), text
-    return text[len("Is there a ") : -len(" in the image?")]
+    article = "an" if text.split()[3][0] in "aeiou" else "a"  # "an apple", "a goat", as the official files write
+    assert text.startswith(f"Is there {article} ") and text.endswith(" in the image?"), text
+    return text[len(f"Is there {article} ") : -len(" in the image?")]
 
 
 def _read_split(folder: Path, split: str) -> list[dict]:

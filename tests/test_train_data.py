@@ -104,6 +104,20 @@ def test_collator_pads_right_and_concatenates_images(shapes_dir, tiny_models):
     assert (batch["labels"][short, n:] == IGNORE_INDEX).all()
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
     assert batch["image_sizes"].tolist() == [[64, 64], [64, 64]]
+    assert "image_ids" not in batch  # the model never sees them; only L_ctr asks for them
+
+
+def test_the_collator_passes_image_identities_for_l_ctr(shapes_dir, tiny_models):
+    from hallbench.train.data import image_key
+
+    _, processor = tiny_models["tiny-qwen"]
+    dataset = _dataset(shapes_dir, processor, "tiny-qwen")
+    same = [i for i, c in enumerate(dataset.conversations) if c.images == dataset.conversations[0].images]
+    other = next(i for i, c in enumerate(dataset.conversations) if c.images != dataset.conversations[0].images)
+    assert len(same) >= 2  # the shapes world has several conversations per image
+    ids = Collator(processor.tokenizer.pad_token_id, with_image_ids=True)([dataset[same[0]], dataset[same[1]], dataset[other]])["image_ids"]
+    assert ids[0] == ids[1] != ids[2] and ids[0].item() == image_key(dataset.conversations[0].images)
+    assert image_key(["a.png"]) == image_key(["a.png"]) != image_key(["a.png", "b.png"])  # stable, from the names
 
 
 def _write(tmp_path, records):

@@ -31,7 +31,8 @@ objects are chosen:
 - Questions of an image alternate yes, no, yes, no, ... (the official order); images are in
   increasing image id; question ids run 1, 2, 3, ... within a split.
 
-The question text is exactly ``Is there a {name} in the image?`` for every name (no a/an switch).
+The question text is ``Is there a {name} in the image?``, with "an" before a vowel letter as in the official files
+(``hallbench.eval.pope.existence_question``).
 The official template string contains a typo in some copies ("imange"); it is not reproduced here.
 
 Invariant: the same instances file (same bytes) and the same :class:`PopeBuildConfig` give
@@ -49,10 +50,10 @@ from pathlib import Path
 
 from hallbench.data.formats import read_coco_instances
 from hallbench.errors import DataFormatError, HallbenchError
+from hallbench.eval.pope import existence_question
 from hallbench.provenance import sha256_file
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
-QUESTION_TEMPLATE = "Is there a {name} in the image?"
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class PopeBuildConfig:
 
 def pope_question(question_id: int, image: str, name: str, label: str) -> dict:
     """One question in the official POPE format, keys in the official order."""
-    return {"question_id": question_id, "image": image, "text": QUESTION_TEMPLATE.format(name=name), "label": label}
+    return {"question_id": question_id, "image": image, "text": existence_question(name), "label": label}
 
 
 def _rng(cfg: PopeBuildConfig, purpose: str, image_id: int | None = None) -> random.Random:

@@ -35,6 +35,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.pope import QUESTION_TEMPLATE, existence_question
 
 # Four themes of four glyphs each; an image mostly draws from one theme.
 THEMES: dict[str, tuple[str, ...]] = {
@@ -112,7 +113,6 @@ CAPTION_TEMPLATES = (
 DETAILED_CAPTION_TEMPLATE = "the image shows {objects}."
 CAPTION_PROMPT = "Please describe this image in detail."
 LIST_PROMPT = "What objects are in the image?"
-EXIST_PROMPT = "Is there a {name} in the image?"
 COUNT_PROMPT = "How many objects are in the image?"
 COLOUR_PROMPT = "What color is the {name} in the image?"
 OPEN_PROMPT = "Describe the image briefly."
@@ -135,7 +135,8 @@ def vocabulary() -> list[str]:
         DETAILED_CAPTION_TEMPLATE,
         CAPTION_PROMPT,
         LIST_PROMPT,
-        EXIST_PROMPT,
+        QUESTION_TEMPLATE,
+        "a an",  # the articles of QUESTION_TEMPLATE
         COUNT_PROMPT,
         COLOUR_PROMPT,
         OPEN_PROMPT,
@@ -445,9 +446,9 @@ def vqa_item(rng: random.Random, objects: list[PlacedObject], theme: str) -> tup
     present = {o.category for o in objects}
     if rng.random() < 0.5:
         name = rng.choice(sorted(present))
-        return EXIST_PROMPT.format(name=name), reasoning, "yes", kind
+        return existence_question(name), reasoning, "yes", kind
     name = _absent_category(rng, theme, present, adversarial=True) or rng.choice(sorted(present))
-    return EXIST_PROMPT.format(name=name), reasoning, "yes" if name in present else "no", kind
+    return existence_question(name), reasoning, "yes" if name in present else "no", kind
 
 
 def with_marker(reasoning: str, answer: str) -> str:
@@ -582,7 +583,7 @@ def _training_records(
             if name is None:
                 continue
             answer = "No."
-        records.append(_conversation(f"{image_id}-exist-{k}", file_name, EXIST_PROMPT.format(name=name), answer))
+        records.append(_conversation(f"{image_id}-exist-{k}", file_name, existence_question(name), answer))
     for k in range(cfg.vqa_questions_per_image):
         question, reasoning, answer, _kind = vqa_item(rng, objects, theme)
         records.append(_conversation(f"{image_id}-vqa-{k}", file_name, f"{question} {VQA_SUFFIX}", with_marker(reasoning, answer)))

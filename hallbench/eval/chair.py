@@ -15,8 +15,11 @@ category, first entry the category), so "puppy" counts as a dog.
 
 How a caption is read (:meth:`ChairScorer.caption_mentions`):
 
-1. Lower-case and split into words (letters and digits; an apostrophe inside a word keeps it whole,
-   hyphens split: "hot-dog" is "hot dog"). ``n_words`` is the number of these words.
+1. Lower-case and split into words (letters and digits; an apostrophe or a hyphen inside a word
+   keeps it whole: "man's", "tie-dye"). ``n_words`` is the number of these words. A hyphenated
+   compound names an object when it is (the start of) a table phrase ("hot-dog" is a hot dog);
+   otherwise only its last element can ("police-dog" is a dog; "cat-shaped", "tie-dye",
+   "horse-drawn" name nothing).
 2. Singularise each word with lemminflect (``getLemma(word, upos="NOUN")``), except a word that
    appears verbatim in a phrase of the synonym table (or of the special cases), which is kept as it
    is: "bus" stays "bus" and "skis", "scissors", "people", "children" and "oxen" stay themselves,
@@ -27,6 +30,9 @@ How a caption is read (:meth:`ChairScorer.caption_mentions`):
 4. Apply the special cases of the original CHAIR (see ``_special_phrases`` and
    ``CONTEXT_EXCLUSIONS``): "baby elephant" is an elephant and no person, "passenger jet" an
    airplane and no person, "bow tie" one tie, "toilet seat" a toilet and no chair.
+5. hallbench's own rules (``MODIFIED_HEADS``, ``VERB_SUBJECTS``): a category word modifying a noun
+   that names another thing is no mention ("train tracks", "bus stop", "toilet paper"), nor is one
+   used as a verb ("A man ties his shoe"); "train car" is a train.
 
 Mention counting follows the original code (``utils/chair.py`` of LisaAnne/Hallucination, whose
 ``compute_chair`` adds ``len(node_words)`` per caption): **every mention counts**, so "a dog chases
@@ -65,9 +71,10 @@ from hallbench.data.formats import read_coco_captions, read_coco_instances, read
 from hallbench.errors import DataFormatError, HallbenchError, shorten
 from hallbench.provenance import sha256_file
 
-# Bump whenever a change here can change a ground-truth index (tokenisation, singularisation,
-# special cases, cache layout): it is part of the cache key, so old caches are never reused.
-CODE_VERSION = "chair-gt-2"
+# Bump whenever a change here can change a ground-truth index or a mention (tokenisation,
+# singularisation, special cases, cache layout): it is part of the cache key, so old caches are never
+# reused, and every summary records it. tests/test_versions.py fails on an edit without a bump.
+CODE_VERSION = "chair-gt-3"
 
 # For each metric: is higher better? (None: neither, Len only describes the captions.)
 CHAIR_METRICS: dict[str, bool | None] = {"chair_s": False, "chair_i": False, "recall": True, "len": None}
@@ -102,13 +109,47 @@ FIXED_PHRASES: dict[str, str | None] = {
     "bow tie": "tie",  # one tie; "bow" alone is also a tie, the phrase must not count twice
     "toilet seat": "toilet",  # the seat of a toilet is not a chair
     "home plate": None,  # baseball's home plate: no object (kept from the original's phrase list)
+    "train car": "train",  # a railway car is part of a train, not an automobile (hallbench's own)
 }
 # A phrase that names no object when the caption mentions a given category: "the seat of the
 # toilet" must not fire "chair". The original drops "seat" from any caption containing the word
 # "toilet"; here any mention of the toilet category (toilet, urinal, commode, ...) does.
 CONTEXT_EXCLUSIONS: dict[str, str] = {"seat": "toilet"}
+# Rules of hallbench's own (the original CHAIR and OPERA's copy have none of them), each a class of
+# false mentions found on probe captions (docs/evaluation.md has the measured differences):
+#
+# A category word directly before one of these nouns modifies it and names another thing, which
+# does not show the object: "train tracks", "bus stop", "dog leash", "toilet paper", "pizza box"
+# (places, infrastructure, containers and accessories of the object). Compared with the caption's
+# own word, not its singular (lemminflect makes "parked" "park"); plurals are listed where the word
+# is no common verb ("the bus stops", "a dog stands" keep their bus and dog). A table phrase wins
+# ("stop sign", "hot dog"), and "bus stop sign" is a stop sign.
+MODIFIED_HEADS: frozenset[str] = frozenset(
+    {
+        "track", "station", "stop", "shelter", "terminal", "depot", "platform", "lane", "route", "crossing", "rack", "park",
+        "parking", "garage", "house", "food", "bowl", "leash", "collar", "crate", "cage", "feeder", "toy", "trailer",
+        "stable", "stall", "paper", "box", "carton", "ramp", "dock", "string",
+        "tracks", "stations", "shelters", "terminals", "depots", "platforms", "lanes", "routes", "crossings", "racks",
+        "garages", "bowls", "leashes", "collars", "crates", "cages", "feeders", "toys", "trailers", "stables", "stalls",
+        "papers", "cartons", "ramps", "strings",
+    }
+)  # fmt: skip
+# A category word used as a verb: after a subject (a person word of the table, or one of these
+# pronouns; not a possessive) and before one of the words below, "A man ties his shoe" and "The boy
+# skis down the hill" name no tie and no skis. Both sides are required, so "a man with two ties"
+# and "a woman's bag on the bench" keep their objects.
+VERB_SUBJECTS: frozenset[str] = frozenset({"he", "she", "it", "they", "who", "that", "someone", "somebody", "everyone"})
+VERB_FOLLOWERS: frozenset[str] = frozenset(
+    {"his", "her", "their", "its", "my", "your", "our", "the", "a", "an", "up", "down", "back", "off", "together"}
+)
+# A hyphenated compound is one word (as in the originals' tokenisers). It names an object when the
+# compound is a table phrase, or the start of one ("hot-dog", "stove-top oven"); otherwise only its
+# last element can name one (the head of an English compound: "police-dog" is a dog), and the
+# elements before it are modifiers: "cat-shaped", "tie-dye", "dog-friendly", "horse-drawn" name no
+# cat, tie, dog or horse.
+_BLOCKED = "\x00"  # a modifier element of a compound: it matches no phrase
 
-_WORD_RE = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+_WORD_RE = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
 _SENTENCE_END_RE = re.compile(r"[.!?]+[\"'\u2019\u201d)\]]*(?=\s|$)")
 
 
@@ -123,7 +164,7 @@ def default_synonyms_path() -> Path:
 
 
 def split_words(text: str) -> list[str]:
-    """The lower-cased words of ``text`` as CHAIR counts them (punctuation dropped, hyphens split)."""
+    """The lower-cased words of ``text`` as CHAIR counts them (punctuation dropped; a hyphenated compound is one word)."""
     return _WORD_RE.findall(text.lower())
 
 
@@ -426,21 +467,65 @@ class ChairScorer:
         """
         return self._match(split_words(caption))
 
+    def _starts_phrase(self, parts: list[str]) -> bool:
+        """Whether ``parts`` (singular forms) are a table phrase or the start of one."""
+        rest = parts[1:]
+        return any(tail[: len(rest)] == rest for tail, _, _ in self._by_first.get(parts[0], ()))
+
+    def _units(self, words: list[str]) -> tuple[list[str], list[int]]:
+        """The singular forms matched against the table, and the index in ``words`` each comes from.
+
+        A hyphenated compound becomes its elements when it is (the start of) a table phrase, else
+        blocked modifiers followed by its last element (see ``_BLOCKED``).
+        """
+        cache = self._word_cache
+        units: list[str] = []
+        origin: list[int] = []
+        for index, word in enumerate(words):
+            if "-" not in word:
+                units.append(cache.get(word) or self._normalise(word))
+                origin.append(index)
+                continue
+            parts = [cache.get(p) or self._normalise(p) for p in word.split("-")]
+            if not self._starts_phrase(parts):
+                parts = [_BLOCKED] * (len(parts) - 1) + parts[-1:]
+            units += parts
+            origin += [index] * len(parts)
+        return units, origin
+
+    def _is_verb(self, words: list[str], units: list[str], origin: list[int], start: int, end: int) -> bool:
+        """A one-word mention used as a verb: subject before it, a determiner or particle after it (``VERB_SUBJECTS``)."""
+        if end - start != 1 or start == 0 or end >= len(units):
+            return False
+        before = words[origin[start - 1]]
+        if before.endswith(("'s", "\u2019s")):
+            return False
+        subject = units[start - 1] in VERB_SUBJECTS or self.phrases.get(units[start - 1]) == "person"
+        return subject and units[end] in VERB_FOLLOWERS
+
     def _match(self, words: list[str]) -> list[dict[str, Any]]:
-        cache, by_first = self._word_cache, self._by_first
-        norm = [cache.get(w) or self._normalise(w) for w in words]
+        units, origin = self._units(words)
+        by_first = self._by_first
         found: list[tuple[str, str, int, str]] = []  # (category, words, position, phrase)
-        # Left to right over the words that can start a phrase; a match consumes its words (``free``
-        # is the first word not consumed), and the longest phrase at a position wins.
+        # Left to right over the units that can start a phrase; a match consumes its units (``free``
+        # is the first unit not consumed), and the longest phrase at a position wins.
         free = 0
-        for i in [i for i, w in enumerate(norm) if w in by_first]:
+        for i in [i for i, w in enumerate(units) if w in by_first]:
             if i < free:
                 continue
-            for tail, category, phrase in by_first[norm[i]]:
+            for tail, category, phrase in by_first[units[i]]:
                 end = i + 1 + len(tail)
-                if norm[i + 1 : end] == tail:  # a slice past the end is shorter than tail: no match
-                    if category is not None:
-                        found.append((category, " ".join(words[i:end]), i, phrase))
+                if units[i + 1 : end] == tail:  # a slice past the end is shorter than tail: no match
+                    # (a possessive is no compound modifier: "the dog's bowl")
+                    modifier = (
+                        end < len(units)
+                        and origin[end] != origin[end - 1]
+                        and words[origin[end]] in MODIFIED_HEADS
+                        and not words[origin[end - 1]].endswith(("'s", "\u2019s"))
+                    )
+                    if category is not None and not modifier and not self._is_verb(words, units, origin, i, end):
+                        span = dict.fromkeys(origin[i:end])  # the caption's words, a compound once
+                        found.append((category, " ".join(words[k] for k in span), origin[i], phrase))
                     free = end
                     break
         if self._exclusions and found:
@@ -610,6 +695,8 @@ class ChairBenchmark:
     """
 
     name = "chair"
+    version = CODE_VERSION
+    """Recorded in every summary.json: the matcher and ground-truth rules the numbers come from."""
     default_max_new_tokens = 512
     """As OPERA and most CHAIR tables: long enough that a detailed caption ends on its own."""
 

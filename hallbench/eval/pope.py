@@ -24,6 +24,10 @@ from hallbench.errors import HallbenchError, shorten
 
 SPLIT_ORDER: tuple[str, ...] = ("random", "popular", "adversarial")
 RULES: tuple[str, ...] = ("hallbench", "official")
+PARSER_VERSION = "pope-2"
+"""Version of the ``hallbench`` parsing rule and the question template. Bump it whenever
+``parse_answer`` can read an answer differently (``tests/test_versions.py`` fails until you do).
+pope-2: hedges are unknown; answers are read for the asked object; "an" before a vowel."""
 PREDICTIONS: tuple[str, ...] = ("yes", "no", "unknown")
 
 # metric -> (higher is better: True / False / None for neutral, one-line description)
@@ -35,6 +39,25 @@ POPE_METRICS: dict[str, tuple[bool | None, str]] = {
     "yes_ratio": (None, "share of predictions that are 'yes'; neutral: closest to the labels' yes share (0.5 in POPE) is ideal"),
     "unknown_rate": (False, "share of answers that the parsing rule could not read as yes or no"),
 }
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+
+QUESTION_TEMPLATE = "Is there {article} {name} in the image?"
+"""POPE's question, with the article the official files use: "an" before a vowel letter ("an apple")."""
+_ASKED_RE = re.compile(r"\b(?:is|are)\s+there\s+(?:an?|any|some)\s+(.+?)\s+in\s+(?:the|this)\s+(?:image|imange|picture|photo)\b", re.I)
+
+
+def existence_question(name: str) -> str:
+    """``"Is there an apple in the image?"``: the question ``hallbench data pope`` and the shapes world ask."""
+    return QUESTION_TEMPLATE.format(article="an" if name[:1].lower() in "aeiou" else "a", name=name)
+
+
+def asked_object(question: str) -> str | None:
+    """The object a POPE question asks about (``"dining table"`` in "Is there a dining table in the image?"), or ``None``."""
+    match = _ASKED_RE.search(question or "")
+    return match.group(1).lower() if match else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Parsing
@@ -52,27 +75,52 @@ def _words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
-def parse_answer(text: str, rule: str = "hallbench") -> str:
+# Hedges and refusals: the answer says it cannot answer. Matched in the first sentence, after an
+# explicit leading yes/no ("No, I'm not sure" is a no).
+_HEDGE_RE = re.compile(
+    r"\b(?:do\s+not|don't|dont)\s+know\b"
+    r"|\b(?:not|n't)\s+(?:sure|certain)\b"
+    r"|\b(?:unsure|uncertain|unclear|ambiguous|indeterminate|unknown|maybe|perhaps|possibly|might)\b"
+    r"|\bmay\s+(?:or\s+may\s+not\s+)?be\b"
+    r"|\b(?:cannot|can't|can\s+not|couldn't|could\s+not|unable\s+to|impossible\s+to|hard\s+to|difficult\s+to|no\s+way\s+to)"
+    r"\s+(?:be\s+)?(?:tell|say|determine|determined|know|confirm|confirmed|answer|sure|verify|verified|judge)\b"
+)
+_CLAUSE_RE = re.compile(r"[,;:]|\b(?:but|while|whereas|although|though|however|only|just)\b")
+
+
+def _is_negation(word: str) -> bool:
+    return word in NEGATION_WORDS or word.endswith("n't")
+
+
+def _object_pattern(asked: str) -> re.Pattern[str]:
+    *head, last = asked.lower().split()
+    parts = [re.escape(w) for w in head] + [re.escape(last) + r"(?:s|es)?"]
+    return re.compile(r"(?<![^\W_])" + r"\s+".join(parts) + r"(?![^\W_])")
+
+
+def parse_answer(text: str, rule: str = "hallbench", asked: str | None = None) -> str:
     """Read a model's answer to "Is there a X in the image?" as ``"yes"``, ``"no"`` or ``"unknown"``.
 
-    ``hallbench`` rule, step by step:
+    ``hallbench`` rule, step by step (``asked`` is the object of the question, see :func:`asked_object`):
 
-    1. Curly apostrophes (U+2019, U+2018) become ``'``.
-    2. Leading whitespace and punctuation are stripped (``"**Yes**"``, ``"\\n\\nNo."``, ``"- yes"``).
-    3. The first sentence is kept: the text up to the first ``.``, ``!``, ``?`` or line break
-       (``"Yes\\nNo"`` -> ``"Yes"``).
-    4. It is lower-cased and split into words (letters/digits, inner apostrophes kept), so matching
-       is on whole words: ``"yesterday"`` is not ``yes``, ``"nothing"``/``"unknown"`` are not ``no``.
-    5. If the first word is ``yes``, the answer is ``"yes"``: a leading yes is the model's answer and
-       what follows qualifies it (``"Yes, but not a cat."`` -> ``"yes"``; the official rule says
-       ``"no"`` there because it sees "not").
-    6. Otherwise, if any word is a negation, the answer is ``"no"``. Negations: ``no``, ``not``,
-       ``none``, ``never``, ``nope``, ``cannot``, and any word ending in ``n't`` (``isn't``,
-       ``don't``, ``can't``, ``aren't``, ...). ``"There is no dog."``, ``"I don't see a dog."``,
-       ``"Not really."``, ``"Nope"`` -> ``"no"``. Contractions without the apostrophe (``"isnt"``)
-       are not recognised.
-    7. Otherwise, if any word is ``yes``, the answer is ``"yes"`` (``"I think yes."``).
-    8. Otherwise ``"unknown"``: empty or blank text, ``"The image shows a dog."``, ``"Unknown"``.
+    1. Curly apostrophes (U+2019, U+2018) become ``'``; leading whitespace and punctuation are
+       stripped (``"**Yes**"``, ``"\\n\\nNo."``, ``"- yes"``); a first sentence that repeats the
+       question (``"Is there a dog in the image? Yes."``) is skipped.
+    2. The first sentence is kept: the text up to the first ``.``, ``!``, ``?`` or line break.
+    3. It is lower-cased and split into words (letters/digits, inner apostrophes kept), so matching
+       is on whole words: ``"yesterday"`` is not ``yes``, ``"nothing"`` is not ``no``.
+    4. A first word ``yes`` is ``"yes"`` and a first word ``no``/``nope`` is ``"no"``: a leading
+       answer word is the answer, what follows qualifies it (``"Yes, but not a cat."`` -> ``"yes"``).
+    5. A hedge or refusal is ``"unknown"``: ``"I don't know"``, ``"Not sure."``, ``"I cannot tell."``,
+       ``"It is unclear"``, ``"Maybe"``, ``"There might be a dog"``, ``"hard to say"``.
+    6. The answer is read for the asked object: the sentence is cut into clauses (at ``,;:`` and
+       *but*, *while*, *only*, ...). If a clause names the object (its last word also in the plural),
+       the answer is ``"no"`` when such a clause holds a negation and ``"yes"`` otherwise: ``"There is
+       a dog, not a cat."`` -> ``"yes"`` for a dog and ``"no"`` for a cat; ``"I see a dog."`` -> ``"yes"``.
+    7. Otherwise, any negation is ``"no"``: ``no``, ``not``, ``none``, ``never``, ``nope``,
+       ``cannot`` and any word ending in ``n't`` (``"There is nothing like that, no."``).
+    8. Otherwise a ``yes`` anywhere is ``"yes"`` (``"I think yes."``); else ``"unknown"``: empty text,
+       ``"The image shows a cat."`` for a dog question.
 
     ``official`` rule: the POPE repository's ``evaluate.py`` exactly. If the text contains ``.``,
     keep what precedes the first one; remove every ``,``; split on single spaces (``str.split(' ')``);
@@ -81,7 +129,7 @@ def parse_answer(text: str, rule: str = "hallbench") -> str:
     (``"NO"``, ``"Not really"`` -> ``"yes"``), it ignores ``n't`` and ``none``/``never``
     (``"There isn't a dog."`` -> ``"yes"``), it does not split on line breaks (``"No\\nthere is"``
     -> ``"yes"``: the word is ``"No\\nthere"``), and punctuation other than ``,`` and ``.`` sticks to
-    words (``"No!"`` -> ``"yes"``).
+    words (``"No!"`` -> ``"yes"``). ``asked`` is ignored.
 
     Raises:
         HallbenchError: ``rule`` is not ``"hallbench"`` or ``"official"``.
@@ -95,11 +143,26 @@ def parse_answer(text: str, rule: str = "hallbench") -> str:
         return _parse_official(text)
     text = text.replace("\u2019", "'").replace("\u2018", "'")
     text = _LEADING_JUNK_RE.sub("", text)
-    first_sentence = _SENTENCE_END_RE.split(text, maxsplit=1)[0]
+    first_sentence, *rest = _SENTENCE_END_RE.split(text, maxsplit=1)
+    rest = rest[0] if rest else ""
+    if _ASKED_RE.match(first_sentence.strip()) and rest.strip():
+        first_sentence = _SENTENCE_END_RE.split(_LEADING_JUNK_RE.sub("", rest), maxsplit=1)[0]
+    first_sentence = first_sentence.lower()
     words = _words(first_sentence)
-    if words and words[0] == "yes":
+    if not words:
+        return "unknown"
+    if words[0] == "yes":
         return "yes"
-    if any(w in NEGATION_WORDS or w.endswith("n't") for w in words):
+    if words[0] in ("no", "nope"):
+        return "no"
+    if _HEDGE_RE.search(first_sentence):
+        return "unknown"
+    if asked:
+        pattern = _object_pattern(asked)
+        naming = [clause for clause in _CLAUSE_RE.split(first_sentence) if pattern.search(clause)]
+        if naming:
+            return "no" if any(_is_negation(w) for clause in naming for w in _words(clause)) else "yes"
+    if any(_is_negation(w) for w in words):
         return "no"
     if "yes" in words:
         return "yes"
@@ -346,6 +409,8 @@ class PopeBenchmark:
     """
 
     name = "pope"
+    version = PARSER_VERSION
+    """Recorded in every summary.json: the hallbench parsing rule the numbers come from (with ``parser``)."""
     default_max_new_tokens = 32
     """An answer such as "Yes, there is a dog in the image." is about 10 tokens; 32 leave room for a hedge."""
 
@@ -399,7 +464,7 @@ class PopeBenchmark:
         return samples
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
-        return {"parsed": parse_answer(answer, self.cfg.parser)}
+        return {"parsed": parse_answer(answer, self.cfg.parser, asked_object(sample.meta["question"]))}
 
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
         result = aggregate_pope(records)

@@ -46,6 +46,8 @@ class Benchmark(Protocol):
     """What every benchmark file provides (see ``pope.py``, ``chair.py``)."""
 
     name: str
+    version: str
+    """The rules the numbers come from (parser, matcher, extraction), recorded in summary.json; bumped when they change."""
     metrics: dict[str, MetricInfo]
     default_max_new_tokens: int
     """Answer length used when ``--max-new-tokens`` is not given."""
@@ -297,6 +299,7 @@ def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, pro
         write_records(cfg.out / "predictions.jsonl", records + kept)
     summary: dict[str, Any] = {
         "bench": cfg.bench,
+        "bench_version": bench.version,
         "model": backend.describe().get("display_name"),
         "decoding": cfg.decoding.decoding,
         "n_samples": len(samples),

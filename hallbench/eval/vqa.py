@@ -58,6 +58,8 @@ class VqaBenchmark:
     """One sample per question; judge verdicts and BERTScores are added once generation is done."""
 
     name = "vqa"
+    version = "vqa-1"
+    """Recorded in every summary.json with the judge's ``prompt_id``: the final-answer extraction rule."""
     default_max_new_tokens = 1024
     """Room for the reasoning before the final-answer marker (64 tokens cut most of it off)."""
 

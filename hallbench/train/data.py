@@ -78,6 +78,15 @@ class Encoded:
     images: dict[str, torch.Tensor]
     """``pixel_values`` plus ``image_grid_thw`` (Qwen3-VL) or ``image_sizes`` (Mistral3)."""
     mm_token_type_ids: torch.Tensor | None = None
+    image_key: int = -1
+    """Identity of the sample's image(s) (:func:`image_key`): L_ctr never uses a sample's own image as its negative."""
+
+
+def image_key(names: list[str]) -> int:
+    """A stable 56-bit id of a sample's image file names (the same in every process and run)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b("\0".join(names).encode("utf-8"), digest_size=7).digest(), "big")
 
 
 def encode_conversation(processor: Any, family: Family, conversation: Conversation, images: list[Any], max_length: int) -> Encoded:
@@ -191,6 +200,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         conversation = self.conversations[index]
         pictures = [load_image(self.images_dir / name, referenced_by=conversation.location) for name in conversation.images]
         encoded = encode_conversation(self.processor, self.family, conversation, pictures, self.max_length)
+        encoded.image_key = image_key(conversation.images)
         if self.cache:
             encoded.images = self._pixels.setdefault(tuple(conversation.images), encoded.images)
             self._encoded[index] = encoded
@@ -202,6 +212,8 @@ class Collator:
     """Pads a list of :class:`Encoded` on the right and concatenates their image tensors."""
 
     pad_token_id: int
+    with_image_ids: bool = False
+    """Also return ``image_ids`` (B,), the samples' :func:`image_key` (for L_ctr; the model never sees them)."""
 
     def __call__(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         length = max(len(e.input_ids) for e in batch)
@@ -212,6 +224,8 @@ class Collator:
             n = len(e.input_ids)
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = e.input_ids, e.labels, 1
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.with_image_ids:
+            out["image_ids"] = torch.tensor([e.image_key for e in batch], dtype=torch.long)
         if batch[0].mm_token_type_ids is not None:
             mm = torch.zeros((len(batch), length), dtype=torch.long)
             for row, e in enumerate(batch):

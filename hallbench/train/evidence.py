@@ -323,39 +323,71 @@ def orthogonality_loss(aux: dict[int, dict]) -> torch.Tensor:
     return torch.stack(per_layer).mean() if per_layer else torch.zeros(())
 
 
-def info_nce(queries: torch.Tensor, keys: torch.Tensor, tau: float, extra_negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE with cosine similarity: row i's positive is key i; the other keys and ``extra_negatives`` are negatives."""
+def info_nce(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    tau: float,
+    extra_negatives: torch.Tensor | None = None,
+    image_ids: torch.Tensor | None = None,
+    extra_image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE with cosine similarity: row i's positive is key i; the other keys and ``extra_negatives`` are negatives.
+
+    With ``image_ids`` (one per row, and ``extra_image_ids`` per extra negative), a negative that
+    shows row i's own image (another conversation about it in the batch, or a recent one in the
+    queue) is masked out: an image must not be pushed away from itself.
+    """
     q = nn.functional.normalize(queries.float(), dim=-1)
     k = nn.functional.normalize(keys.float(), dim=-1)
     logits = q @ k.T
+    same = None
+    if image_ids is not None:
+        same = image_ids[:, None] == image_ids[None, :]
+        same.fill_diagonal_(False)  # the positive itself stays
     if extra_negatives is not None and extra_negatives.numel():
         logits = torch.cat([logits, q @ nn.functional.normalize(extra_negatives.float(), dim=-1).T], dim=1)
+        if same is not None:
+            assert extra_image_ids is not None, "queue negatives need their image ids"
+            same = torch.cat([same, image_ids[:, None] == extra_image_ids[None, :]], dim=1)
+    if same is not None:
+        logits = logits.masked_fill(same, float("-inf"))
     return nn.functional.cross_entropy(logits / tau, torch.arange(q.shape[0], device=q.device))
 
 
 class ContrastiveLoss:
-    """L_ctr with a FIFO queue of recent images' pooled keys, so that it also works at batch size 1."""
+    """L_ctr with a FIFO queue of recent images' pooled keys, so that it also works at batch size 1.
+
+    The queue stores each key's image id beside it, so that the same-image mask of :func:`info_nce`
+    also covers queued negatives.
+    """
 
     def __init__(self, tau: float, queue_size: int):
         self.tau, self.queue_size = tau, queue_size
         self.queue: dict[int, torch.Tensor] = {}
+        self.queue_ids: torch.Tensor | None = None
+        """Image ids of the queued keys (the same for every layer's queue: one push per step)."""
 
-    def __call__(self, evidence: EvidenceModel, answer_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, evidence: EvidenceModel, answer_mask: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         state = evidence.state
         assert state.visual is not None and state.visual_mask is not None
         visual_mask = state.visual_mask[..., None].to(state.visual.dtype)
         pooled_visual = (state.visual * visual_mask).sum(1) / visual_mask.sum(1).clamp(min=1)
+        image_ids = image_ids.to(pooled_visual.device)
         losses = []
+        queued_ids = self.queue_ids.to(image_ids.device) if self.queue_ids is not None else None
         for index, tensors in state.aux.items():
             injector = evidence.modules[str(index)]
             weights = answer_mask[..., None].to(tensors["q"].dtype)
             pooled_q = (tensors["q"] * weights).sum(1) / weights.sum(1).clamp(min=1)
             keys = injector.k_proj(pooled_visual.to(injector.k_proj.weight.dtype))
             negatives = self.queue.get(index)
-            losses.append(info_nce(pooled_q, keys, self.tau, negatives))
+            losses.append(info_nce(pooled_q, keys, self.tau, negatives, image_ids, queued_ids if negatives is not None else None))
             if self.queue_size:
                 fresh = keys.detach()
                 self.queue[index] = (
                     torch.cat([fresh, negatives], 0)[: self.queue_size] if negatives is not None else fresh[: self.queue_size]
                 )
+        if self.queue_size and losses:
+            fresh_ids = image_ids.detach().cpu()
+            self.queue_ids = (torch.cat([fresh_ids, self.queue_ids], 0) if self.queue_ids is not None else fresh_ids)[: self.queue_size]
         return torch.stack(losses).mean() if losses else torch.zeros(())

@@ -312,7 +312,7 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=Collator(pad_id),
+        data_collator=Collator(pad_id, with_image_ids=evidence_cfg.lambda_ctr > 0),
         processing_class=processor,
         callbacks=[JsonlLogCallback(folder / TRAIN_LOG_FILE)],
         evidence=evidence,

@@ -157,6 +157,7 @@ class EvidenceTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels")
+        image_ids = inputs.pop("image_ids", None)
         cfg = self.evidence_cfg
         needs_aux = self.evidence is not None and (cfg.lambda_orth > 0 or cfg.lambda_ctr > 0)
         if self.evidence is not None:
@@ -175,7 +176,11 @@ class EvidenceTrainer(Trainer):
                 total = total + cfg.lambda_orth * terms["l_orth"]
             if cfg.lambda_ctr > 0:
                 assert self.contrastive is not None
-                terms["l_ctr"] = self.contrastive(self.evidence, labels != IGNORE_INDEX)
+                if image_ids is None:
+                    raise HallbenchError(
+                        "L_ctr needs the samples' image ids: build the collator with Collator(pad_id, with_image_ids=True)"
+                    )
+                terms["l_ctr"] = self.contrastive(self.evidence, labels != IGNORE_INDEX, image_ids)
                 total = total + cfg.lambda_ctr * terms["l_ctr"]
             state.aux = {}  # the aux tensors are in the graph already; drop the extra references
         if not torch.isfinite(total):
@@ -238,8 +243,10 @@ class EvidenceTrainer(Trainer):
             # run would see other negatives than the uninterrupted one. One file per rank (own batches).
             from safetensors.torch import save_file
 
-            queue = {k: v.detach().to("cpu").contiguous() for k, v in self.contrastive.queue.items()}
-            save_file({str(k): v for k, v in queue.items()}, str(folder / f"ctr_queue.rank{self.args.process_index}.safetensors"))
+            queue = {str(k): v.detach().to("cpu").contiguous() for k, v in self.contrastive.queue.items()}
+            if self.contrastive.queue_ids is not None:
+                queue["image_ids"] = self.contrastive.queue_ids.contiguous()
+            save_file(queue, str(folder / f"ctr_queue.rank{self.args.process_index}.safetensors"))
         # The loss of the steps since the last log (a collective: every rank saves). A resumed run adds it back.
         unlogged = float(self.accelerator.reduce(self._tr_loss.detach().clone(), reduction="mean"))
         self.accelerator.wait_for_everyone()
@@ -320,7 +327,13 @@ class EvidenceTrainer(Trainer):
             return
         from safetensors.torch import load_file
 
-        self.contrastive.queue = {int(k): v for k, v in load_file(str(path)).items()}
+        state = load_file(str(path))
+        ids = state.pop("image_ids", None)
+        self.contrastive.queue = {int(k): v for k, v in state.items()}
+        if ids is None and self.contrastive.queue:
+            # A checkpoint from before image ids were stored: its queued images are unknown, never masked.
+            ids = torch.full((len(next(iter(self.contrastive.queue.values()))),), -1, dtype=torch.long)
+        self.contrastive.queue_ids = ids
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         # The evidence keys are absent from model.safetensors by design (they are loaded next, from
