@@ -322,6 +322,12 @@ def eval_(
     image_ids: Annotated[
         Path | None, typer.Option(help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset).")
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="POPE: another label set for the same questions (RePOPE): folder of split files or one file; re-scores, never regenerates."
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (--decoding sample).")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus mass (--decoding sample).")] = 1.0,
     num_beams: Annotated[int, typer.Option(help="Beams (--decoding beam).")] = 3,
@@ -353,12 +359,13 @@ def eval_(
             bertscore_layers=bertscore_layers, bertscore_baseline=bertscore_baseline,
             max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
             api_key_env=api_key_env, device=device, dtype=dtype, system_prompt=system_prompt, prompt_suffix=prompt_suffix,
-            min_pixels=min_pixels, max_pixels=max_pixels, image_ids=image_ids,
+            min_pixels=min_pixels, max_pixels=max_pixels, image_ids=image_ids, labels=labels,
             decoding=DecodingConfig(
                 decoding=decoding, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 num_beams=num_beams, seed=seed, batch_size=batch_size,
             ),
         )  # fmt: skip
+        _notice_untrained(cfg)
         summary = run_eval(cfg)
     if os.environ.get("RANK", "0") == "0":
         print_summary(summary, out)
@@ -376,6 +383,19 @@ def eval_(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def _notice_untrained(cfg: object) -> None:
+    """Say so when ``--model`` is a built-in tiny model: its weights are random, its metrics meaningless."""
+    from hallbench.models.registry import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(getattr(cfg, "model", ""))
+    if getattr(cfg, "backend", "hf") == "hf" and spec is not None and spec.tiny and os.environ.get("RANK", "0") == "0":
+        err_console.print(
+            f"[bold yellow]note:[/] --model {spec.name} is a built-in tiny model with random weights (the default, for trying the "
+            "pipeline): its numbers say nothing. Pass --model a training run folder, a model folder or qwen2b / qwen4b / ministral3b.",
+            soft_wrap=True,
+        )
 
 
 def _error_kinds(summary: dict) -> str:
@@ -406,7 +426,10 @@ def print_summary(summary: dict, out: Path) -> None:
             f"[yellow]judge: {summary['judge_errors']} of {summary['n_closed']} CLOSED judgements failed[/] "
             f"({escape(_error_kinds(summary))}); ids in summary.json (judge_error_ids)"
         )
-    console.print(f"predictions and summary in [bold]{escape(str(out))}[/]")
+    if summary.get("rescored_from"):
+        console.print(f"re-scored the answers of {escape(str(out))} without generating: [bold]{escape(str(summary['scored_into']))}[/]")
+    else:
+        console.print(f"predictions and summary in [bold]{escape(str(out))}[/]")
 
 
 def _fmt(value: object) -> str:

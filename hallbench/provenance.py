@@ -107,10 +107,22 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def identity_changes(previous: dict[str, Any], current: dict[str, Any]) -> str:
-    """``"key: old -> new; ..."`` for every key whose value differs between two run identities; ``""`` when equal."""
-    changed = [k for k in sorted(set(current) | set(previous)) if current.get(k) != previous.get(k)]
-    return "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+def identity_changes(previous: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str:
+    """``"key: old -> new; ..."`` for every value that differs between two run identities; ``""`` when equal.
+
+    Nested settings are compared key by key, so a changed decoding reads ``decoding.max_new_tokens: 32 -> 8``,
+    not two whole dicts.
+    """
+    changed = []
+    for key in sorted(set(current) | set(previous)):
+        old, new = previous.get(key), current.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.append(identity_changes(old, new, f"{prefix}{key}."))
+        else:
+            changed.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return "; ".join(changed)
 
 
 def sha256_file(path: Path) -> str:

@@ -56,3 +56,22 @@ def pope_dir(shapes_dir, tmp_path_factory):
         shapes_dir / "annotations" / "instances_val.json", out, PopeBuildConfig(n_images=5, per_image=2), images_dir=shapes_dir / "images"
     )
     return out
+
+
+@pytest.fixture
+def interrupt_training_at(monkeypatch):
+    """``interrupt_training_at(step)``: training raises KeyboardInterrupt (a Ctrl-C) before step ``step``'s
+    forward pass, until ``monkeypatch.undo()``; the checkpoints saved before it are what a resume finds."""
+    from hallbench.train import trainer as trainer_module
+
+    original = trainer_module.EvidenceTrainer.compute_loss
+
+    def at(step: int) -> None:
+        def interrupted(self, *args, **kwargs):
+            if self.state.global_step + 1 == step:
+                raise KeyboardInterrupt("simulated Ctrl-C")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", interrupted)
+
+    return at

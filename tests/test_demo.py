@@ -14,19 +14,10 @@ from hallbench.train.presets import PRESETS, TABLE2
 runner = CliRunner()
 
 
-def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
+def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch, interrupt_training_at):
     out = tmp_path / "demo"
     # First interrupted in the middle of pretraining (after its checkpoint at step 4): the next demo resumes it.
-    from hallbench.train import trainer as trainer_module
-
-    original = trainer_module.EvidenceTrainer.compute_loss
-
-    def interrupted(self, *args, **kwargs):
-        if self.state.global_step + 1 == 7:
-            raise KeyboardInterrupt("simulated Ctrl-C")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", interrupted)
+    interrupt_training_at(7)
     assert runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"}).exit_code != 0
     monkeypatch.undo()
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})

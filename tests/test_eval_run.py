@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -73,6 +74,75 @@ def test_pope_unparseable_answers_differ_between_parsers(tmp_path, pope_dir):
     assert official["pooled"]["yes_ratio"] == 1.0  # the official rule counts anything without a negation as yes
 
 
+def _no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("re-scoring loaded a model")
+
+    monkeypatch.setattr("hallbench.eval.run.make_backend", refuse)
+    monkeypatch.setattr("hallbench.models.loading.load_model", refuse)
+
+
+def _hedging(sample):
+    # yes questions: "Yes." for the first two images, a hedge after; no questions: "NO."
+    if sample.meta["label"] == "no":
+        return "NO."
+    return "Yes." if int(sample.meta["question_id"]) % 4 < 2 else "I don't know."
+
+
+def test_changing_only_the_parser_rescores_the_answers_without_a_model(tmp_path, pope_dir, monkeypatch):
+    out = tmp_path / "run"
+    own = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random"), backend=ScriptedBackend(_hedging), progress=False)
+    files = {name: (out / name).read_bytes() for name in ("config.json", "summary.json", "predictions.jsonl")}
+    _no_model(monkeypatch)
+    official = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", parser="official"), progress=False)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    n_yes = sum(r["label"] == "yes" for r in records)
+    n_hedged = sum(r["prediction"] == "I don't know." for r in records)
+    n = len(records)
+    assert 0 < n_hedged < n_yes
+    # hallbench: "NO." is no (right), a hedge is unknown (wrong); official: "NO." is yes (wrong: case), a hedge is yes (right)
+    assert own["pooled"]["accuracy"] == pytest.approx((n - n_hedged) / n)
+    assert official["pooled"]["accuracy"] == pytest.approx(n_yes / n) and official["pooled"]["yes_ratio"] == 1.0
+    folder = out / "scores" / "parser-official"
+    assert official["scored_into"] == str(folder) and official["scoring"] == {"parser": "official", "labels": None}
+    assert json.loads((folder / "summary.json").read_text())["pooled"] == official["pooled"]
+    assert json.loads((folder / "scoring.json").read_text())["run_scoring"] == {"parser": "hallbench", "labels": None}
+    assert {name: (out / name).read_bytes() for name in files} == files  # the run itself is untouched
+    # The run's own scoring again: a plain resume, nothing generated, the same summary.
+    again = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random"), backend=ScriptedBackend(_hedging), progress=False)
+    assert again["pooled"] == own["pooled"]
+
+
+def test_repope_labels_rescore_against_the_corrected_set_and_count_removed_questions(tmp_path, pope_dir, monkeypatch):
+    out = tmp_path / "run"
+    run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random"), backend=ScriptedBackend(_oracle), progress=False)
+    questions = [json.loads(line) for line in (pope_dir / "random.jsonl").read_text().splitlines()]
+    # RePOPE-style: the first two labels were wrong (flipped), the last three questions were ambiguous (removed).
+    relabelled = [{**q, "label": {"yes": "no", "no": "yes"}[q["label"]]} if i < 2 else q for i, q in enumerate(questions[:-3])]
+    labels = tmp_path / "repope"
+    labels.mkdir()
+    (labels / "random.jsonl").write_text("".join(json.dumps(q) + "\n" for q in relabelled))
+    _no_model(monkeypatch)
+    repope = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
+    kept = len(questions) - 3
+    assert repope["n_removed"] == 3 and repope["n_samples"] == kept and repope["splits"]["random"]["n"] == kept
+    assert repope["pooled"]["accuracy"] == pytest.approx((kept - 2) / kept)  # the oracle answered the old labels
+    assert (out / "scores" / "labels-repope" / "summary.json").is_file()
+    bad = [{**questions[0], "text": "Is there a unicorn in the image?"}]
+    (labels / "random.jsonl").write_text(json.dumps(bad[0]) + "\n")
+    with pytest.raises(HallbenchError, match=r"question .* asks 'Is there a unicorn in the image\?'.*random.jsonl asks"):
+        run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
+
+
+def test_rescoring_an_unfinished_run_is_refused(tmp_path, pope_dir, monkeypatch):
+    out = tmp_path / "run"
+    cfg = EvalConfig(bench="pope", data=pope_dir, out=out, split="random", max_samples=4)
+    run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
+    _no_model(monkeypatch)
+    with pytest.raises(HallbenchError, match=r"16 of 20 samples have no answer yet .* re-scoring never generates"):
+        run_eval(replace(cfg, max_samples=None, parser="official"), progress=False)
+
+
 def test_rerun_resumes_without_generating_again(tmp_path, pope_dir):
     cfg = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="popular")
     first = run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
@@ -85,7 +155,7 @@ def test_rerun_resumes_without_generating_again(tmp_path, pope_dir):
 def test_a_folder_with_another_configuration_is_refused(tmp_path, pope_dir):
     run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False)
     changed = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random", decoding=DecodingConfig(max_new_tokens=8))
-    with pytest.raises(HallbenchError, match=r"holds a run with other settings \(decoding: .*'max_new_tokens': 32.*'max_new_tokens': 8"):
+    with pytest.raises(HallbenchError, match=r"holds a run with other settings \(decoding\.max_new_tokens: 32 -> 8\)"):
         run_eval(changed, backend=ScriptedBackend(_oracle), progress=False)
 
 

@@ -98,7 +98,7 @@ def test_eval_train_and_report_refuse_a_locked_folder_in_one_line(tmp_path, shap
             _kill(holder)
     for stage, result in results.items():
         assert result.exit_code == 1, (stage, result.output)
-        lines = [line for line in result.output.splitlines() if line.strip()]
+        lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("note:")]
         assert len(lines) == 1 and "is in use by another hallbench process (pid" in lines[0], (stage, result.output)
     assert sorted(p.name for p in eval_out.iterdir()) == [LOCK_FILE]  # nothing was written
 
@@ -137,19 +137,6 @@ def _config(root: Path, shapes_dir: Path, data: Path, **kw) -> TrainConfig:
     return TrainConfig(model="tiny-qwen", variant="ours", data=data, images=shapes_dir / "images", output_root=root, logging_steps=1, **kw)
 
 
-def _stop_at(monkeypatch, step: int) -> None:
-    from hallbench.train import trainer as trainer_module
-
-    original = trainer_module.EvidenceTrainer.compute_loss
-
-    def stopping(self, *args, **kwargs):
-        if self.state.global_step + 1 == step:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", stopping)
-
-
 def _assert_same_weights(a, b):
     for key, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[key], atol=1e-6, rtol=1e-5, msg=key)
@@ -163,10 +150,12 @@ def test_step_checkpoints_are_marked_complete_and_rotation_keeps_complete_ones(t
     assert marker["step"] == 6 and "model.safetensors" in marker["files"] and "optimizer.pt" in marker["files"]
 
 
-def test_resume_skips_a_torn_checkpoint_and_ends_with_the_uninterrupted_weights_and_loss(tmp_path, shapes_dir, small_data, monkeypatch):
+def test_resume_skips_a_torn_checkpoint_and_ends_with_the_uninterrupted_weights_and_loss(
+    tmp_path, shapes_dir, small_data, monkeypatch, interrupt_training_at
+):
     straight = run_train(_config(tmp_path / "a", shapes_dir, small_data), progress=False)
     cfg = _config(tmp_path / "b", shapes_dir, small_data)
-    _stop_at(monkeypatch, 5)  # checkpoints 3 and 4 complete
+    interrupt_training_at(5)  # checkpoints 3 and 4 complete
     with pytest.raises(KeyboardInterrupt):
         run_train(cfg, progress=False)
     monkeypatch.undo()

@@ -505,9 +505,13 @@ def test_paired_test_pairs_by_id_and_detects_a_consistent_difference():
     variant = SampleTable(ids[::-1], {"correct": variant_correct[::-1].copy(), "one": np.ones(30)})
     result = paired_test(variant, base, acc, n_resamples=1000, seed=stable_seed(0, "p"))["acc"]
     assert result.delta == pytest.approx(100 * 10 / 30) and result.n_paired == 30
-    assert result.significant and result.low > 0 and result.p_value == 0.0
+    # 10 discordant questions, all for the variant: the permutation p-value is about 2 / 2^10 (at least 1 / 10000),
+    # the exact McNemar p-value is 2 * 0.5^10
+    assert result.significant and result.low > 0 and 1 / 10000 <= result.p_value < 0.01
+    assert result.mcnemar_p == pytest.approx(2 * 0.5**10)
     same = paired_test(base, base, acc, n_resamples=1000, seed=stable_seed(0, "p"))["acc"]
     assert same.delta == 0 and (same.low, same.high) == (0.0, 0.0) and not same.significant and same.p_value == 1.0
+    assert same.mcnemar_p == 1.0  # no discordant pair
     # Only shared ids are paired.
     partial = paired_test(variant.subset(ids[:10]), base, acc, n_resamples=100, seed=stable_seed(0, "p"))["acc"]
     assert partial.n_paired == 10
@@ -760,3 +764,36 @@ def test_a_failed_rewrite_keeps_the_previous_files_and_leaves_no_debris(study, t
     after = {p.name: p.read_bytes() for p in first.out.iterdir()}
     assert after["results.csv"] == before["results.csv"]  # the previous good copy survives
     assert sorted(after) == sorted(before)  # no temporary file left behind
+
+
+def test_resampling_images_widens_the_interval_when_an_images_answers_go_together():
+    # 20 images x 6 questions; an image is answered all right or all wrong (as a misread image is).
+    ids = [f"q{i}" for i in range(120)]
+    correct = np.repeat([1.0, 0.0] * 10, 6)
+    acc = {"acc": RatioMetric("correct", "one")}
+    by_question = SampleTable(ids, {"correct": correct, "one": np.ones(120)})
+    by_image = SampleTable(ids, {"correct": correct, "one": np.ones(120)}, groups=[f"img{i // 6}" for i in range(120)])
+    narrow = bootstrap_ci(by_question, acc, n_resamples=2000, seed=stable_seed(0, "w"))["acc"]
+    wide = bootstrap_ci(by_image, acc, n_resamples=2000, seed=stable_seed(0, "w"))["acc"]
+    # binomial standard errors: sqrt(.25/120) = 4.6 points over questions, sqrt(.25/20) = 11.2 over images
+    assert 15 < narrow.high - narrow.low < 21 and 39 < wide.high - wide.low < 49
+    assert by_image.n_groups == 20 and by_image.group_sums(["correct"]).ravel().tolist() == [6.0, 0.0] * 10
+
+
+def test_the_permutation_test_keeps_its_level_and_holm_corrects_a_family():
+    from hallbench.report.bootstrap import holm
+
+    rng = np.random.default_rng(1)
+    acc = {"acc": RatioMetric("correct", "one")}
+    ids = [str(i) for i in range(200)]
+    rejections = 0
+    for trial in range(40):  # two runs of one model: exchangeable, so p < 0.05 about 5% of the time
+        a = SampleTable(
+            ids, {"correct": (rng.random(200) < 0.7).astype(float), "one": np.ones(200)}, groups=[f"g{i // 4}" for i in range(200)]
+        )
+        b = SampleTable(ids, {"correct": (rng.random(200) < 0.7).astype(float), "one": np.ones(200)}, groups=a.groups)
+        rejections += paired_test(a, b, acc, n_resamples=200, seed=stable_seed(trial, "null"))["acc"].significant
+    assert rejections <= 6  # 40 trials at 5%: P(more than 6) < 2%
+    # Holm by hand: sorted 0.01, 0.03, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []

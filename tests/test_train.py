@@ -118,24 +118,11 @@ def test_rerun_skips_and_other_settings_are_refused(tmp_path, shapes_dir, small_
         run_train(replace(cfg, learning_rate=2e-3), progress=False)
 
 
-def _crash_at(monkeypatch, step: int):
-    from hallbench.train import trainer as trainer_module
-
-    original = trainer_module.EvidenceTrainer.compute_loss
-
-    def crashing(self, *args, **kwargs):
-        if self.state.global_step + 1 == step:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.EvidenceTrainer, "compute_loss", crashing)
-
-
-def test_resume_continues_with_the_same_data_order_and_result(tmp_path, shapes_dir, small_data, monkeypatch):
+def test_resume_continues_with_the_same_data_order_and_result(tmp_path, shapes_dir, small_data, monkeypatch, interrupt_training_at):
     cfg = _config(tmp_path / "a", shapes_dir, small_data, num_train_epochs=2, training_args={})
     straight = run_train(cfg, progress=False)
     interrupted = replace(cfg, output_root=tmp_path / "b")
-    _crash_at(monkeypatch, 6)  # epoch 1 (steps 1-4) is checkpointed; the crash is in epoch 2
+    interrupt_training_at(6)  # epoch 1 (steps 1-4) is checkpointed; the crash is in epoch 2
     with pytest.raises(KeyboardInterrupt):
         run_train(interrupted, progress=False)
     monkeypatch.undo()
@@ -235,8 +222,10 @@ def test_settings_errors(tmp_path, shapes_dir, small_data):
         _config(tmp_path, shapes_dir, small_data, evidence_overrides={"lambda_typo": 1.0})
     with pytest.raises(HallbenchError, match="--set learning_rate: set these with hallbench's own options"):
         _config(tmp_path, shapes_dir, small_data, training_args={"learning_rate": 1.0})
-    with pytest.raises(HallbenchError, match="--set: .*no_such_argument"):
+    with pytest.raises(HallbenchError, match="--set no_such_argument: not a TrainingArguments field"):
         run_train(_config(tmp_path, shapes_dir, small_data, training_args={"no_such_argument": 1}), progress=False)
+    with pytest.raises(HallbenchError, match=r"--set warmup_stepz: .*warmup_stepz \(did you mean warmup_steps"):
+        run_train(_config(tmp_path, shapes_dir, small_data, training_args={"warmup_stepz": 3}), progress=False)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: tiny-qwen\nvariant: ours\nlearning_rat: 1e-4\n")
     with pytest.raises(HallbenchError, match=r"r\.yaml: unknown key 'learning_rat'"):

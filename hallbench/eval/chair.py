@@ -695,6 +695,8 @@ class ChairBenchmark:
     """
 
     name = "chair"
+    scoring_options = ("synonyms", "drop_incomplete")
+    """EvalConfig fields that only change how the captions are scored: changing them re-scores, never regenerates."""
     version = CODE_VERSION
     """Recorded in every summary.json: the matcher and ground-truth rules the numbers come from."""
     default_max_new_tokens = 512

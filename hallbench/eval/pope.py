@@ -409,6 +409,8 @@ class PopeBenchmark:
     """
 
     name = "pope"
+    scoring_options = ("parser", "labels")
+    """EvalConfig fields that only change how the answers are scored: changing them re-scores, never regenerates."""
     version = PARSER_VERSION
     """Recorded in every summary.json: the hallbench parsing rule the numbers come from (with ``parser``)."""
     default_max_new_tokens = 32
@@ -424,15 +426,20 @@ class PopeBenchmark:
         if cfg.split not in ("all", *SPLIT_ORDER):
             raise HallbenchError(f"unknown --split '{cfg.split}'; choose one of all, {', '.join(SPLIT_ORDER)}")
         data = Path(cfg.data)
-        self.files = self._split_files(data)
+        self.files = self._split_files(data, "--data")
         self.images = Path(cfg.images) if cfg.images is not None else self._images_from_manifest(data)
+        self.label_files = self._split_files(Path(cfg.labels), "--labels") if getattr(cfg, "labels", None) else None
+        if self.label_files is not None and set(self.label_files) != set(self.files):
+            raise HallbenchError(f"--labels {cfg.labels} covers the splits {sorted(self.label_files)}, --data {sorted(self.files)}")
+        self.n_removed = 0
+        """Questions of --data that --labels removes (RePOPE drops ambiguous ones); set by samples()."""
 
-    def _split_files(self, data: Path) -> dict[str, Path]:
+    def _split_files(self, data: Path, option: str) -> dict[str, Path]:
         if data.is_file():
             split = self.cfg.split if self.cfg.split != "all" else next((s for s in SPLIT_ORDER if s in data.name), data.stem)
             return {split: data}
         if not data.is_dir():
-            raise HallbenchError(f"--data {data} does not exist")
+            raise HallbenchError(f"{option} {data} does not exist")
         wanted = SPLIT_ORDER if self.cfg.split == "all" else (self.cfg.split,)
         files = {}
         for split in wanted:
@@ -457,11 +464,41 @@ class PopeBenchmark:
         from hallbench.eval.engine import Sample
 
         samples = []
+        self.n_removed = 0
         for split, path in self.files.items():
+            relabelled = self._labels(split, path) if self.label_files is not None else None
             for q in read_pope_questions(path):
-                meta = {"question_id": q.question_id, "split": split, "label": q.label, "question": q.text}
+                label = q.label
+                if relabelled is not None:
+                    if q.question_id not in relabelled:
+                        self.n_removed += 1
+                        continue
+                    label = relabelled[q.question_id]
+                meta = {"question_id": q.question_id, "split": split, "label": label, "question": q.text}
                 samples.append(Sample(f"{split}/{q.question_id}", [self.images / q.image], q.text, meta))
         return samples
+
+    def _labels(self, split: str, questions_path: Path) -> dict[str, str]:
+        """question id -> label of ``--labels`` for one split; its questions must be those of ``--data``."""
+        from hallbench.data.formats import read_pope_questions
+
+        assert self.label_files is not None
+        path = self.label_files[split]
+        asked = {q.question_id: q for q in read_pope_questions(questions_path)}
+        labels = {}
+        for q in read_pope_questions(path):
+            original = asked.get(q.question_id)
+            if original is None:
+                raise HallbenchError(
+                    f"{path}, {q.location}: question {q.question_id} is not in {questions_path} (--labels must relabel the same questions)"
+                )
+            if (original.image, original.text) != (q.image, q.text):
+                raise HallbenchError(
+                    f"{path}, {q.location}: question {q.question_id} asks {q.text!r} about {q.image}, "
+                    f"{questions_path} asks {original.text!r} about {original.image}"
+                )
+            labels[q.question_id] = q.label
+        return labels
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
         return {"parsed": parse_answer(answer, self.cfg.parser, asked_object(sample.meta["question"]))}
@@ -469,6 +506,9 @@ class PopeBenchmark:
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
         result = aggregate_pope(records)
         result["parser"] = self.cfg.parser
+        if self.label_files is not None:
+            result["labels"] = {split: str(path) for split, path in self.label_files.items()}
+            result["n_removed"] = self.n_removed
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -478,4 +518,7 @@ class PopeBenchmark:
             "splits": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.files.items()},
             "images": str(self.images),
             "parser": self.cfg.parser,
+            **(
+                {"labels": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.label_files.items()}} if self.label_files else {}
+            ),
         }

@@ -146,6 +146,8 @@ class EvalConfig:
     """hf backend: largest image area (Pixtral: longest edge = its square root); default: the checkpoint's."""
     image_ids: Path | None = None
     """CHAIR: a JSON list (or one id per line) of the image ids to caption, e.g. a published 500-image subset."""
+    labels: Path | None = None
+    """POPE: another label set for the same questions (RePOPE), a folder of split files or one file; questions it lacks are removed."""
 
     # Fields that may change between a run and its resumption without changing any answer.
     # Scoring settings (judge, BERTScore) may change too: a re-run re-scores the same answers.
@@ -192,9 +194,20 @@ class EvalConfig:
             object.__setattr__(self, "decoding", replace(self.decoding, max_new_tokens=default))
 
     def identity(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NON_IDENTITY}
+        """What the answers depend on: every field but ``NON_IDENTITY`` and the benchmark's ``scoring_options``."""
+        skip = {*self.NON_IDENTITY, *scoring_options(self.bench)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["decoding"] = asdict(self.decoding)
         return json.loads(json.dumps(values, default=str))
+
+    def scoring(self) -> dict[str, Any]:
+        """The benchmark's scoring options (``scoring_options``) as JSON values."""
+        return json.loads(json.dumps({name: getattr(self, name) for name in scoring_options(self.bench)}, default=str))
+
+
+def scoring_options(bench: str) -> tuple[str, ...]:
+    """EvalConfig fields that only change how answers are scored (POPE: parser, labels): changing them re-scores."""
+    return tuple(getattr(benchmark_class(bench), "scoring_options", ()))
 
 
 def benchmark_class(name: str) -> Any:
@@ -243,6 +256,8 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         previous = json.loads(path.read_text(encoding="utf-8")).get("eval", {})
     except json.JSONDecodeError:
         raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
+    # Folders of older versions recorded scoring options (the parser) in the identity.
+    previous = {k: v for k, v in previous.items() if k not in scoring_options(identity["bench"])}
     details = identity_changes(previous, identity)
     if details:
         raise SettingsChangedError(out, details, "choose another --out")
@@ -273,13 +288,20 @@ def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, pro
     identity = cfg.identity()
     _check_resume(cfg.out, identity)
     dist = DistInfo.from_env()
+    previous = _previous_config(cfg.out)
+    scoring, main_scoring = cfg.scoring(), _main_scoring(cfg, previous)
+    if previous and scoring != main_scoring:
+        # Only the scoring changed: the answers on disk are re-scored; no model is loaded.
+        return _rescore(cfg, bench, samples, previous, scoring, main_scoring) if dist.rank == 0 else {}
     prepare = getattr(bench, "prepare", None)
     if prepare is not None and dist.rank == 0:
         prepare(samples)  # before the (slow) model load and generation: a broken judge costs one request
     backend = backend if backend is not None else make_backend(cfg)
     if dist.rank == 0:
-        config = {"eval": identity, "backend": backend.describe(), "data": bench.describe(), "n_samples": len(samples), **provenance()}
-        previous = _previous_config(cfg.out)
+        config = {
+            "eval": identity, "scoring": scoring, "backend": backend.describe(), "data": bench.describe(),
+            "n_samples": len(samples), **provenance(),
+        }  # fmt: skip
         if previous.get("created"):
             # A resumed run keeps the date it was started; the report's provenance then does not change.
             config["created"] = previous["created"]
@@ -297,18 +319,85 @@ def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, pro
         covered = {r["id"] for r in records}
         kept = [r for r in read_predictions(cfg.out / "predictions.jsonl") if r.get("id") not in covered]
         write_records(cfg.out / "predictions.jsonl", records + kept)
-    summary: dict[str, Any] = {
+    summary = _summary(cfg, bench, samples, records, backend.describe().get("display_name"))
+    if dist.rank == 0:
+        write_json_atomic(cfg.out / "summary.json", summary)
+    return summary
+
+
+def _summary(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], records: list[dict], model: str | None) -> dict[str, Any]:
+    return {
         "bench": cfg.bench,
         "bench_version": bench.version,
-        "model": backend.describe().get("display_name"),
+        "model": model,
         "decoding": cfg.decoding.decoding,
         "n_samples": len(samples),
         "max_samples": cfg.max_samples,
+        "scoring": cfg.scoring(),
         "n_errors": sum(1 for r in records if r.get("error")),
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")][:100],
         "metrics_info": {m.name: {"higher_is_better": m.higher_is_better, "description": m.description} for m in bench.metrics.values()},
         **bench.aggregate(records),
     }
-    if dist.rank == 0:
-        write_json_atomic(cfg.out / "summary.json", summary)
+
+
+def _main_scoring(cfg: EvalConfig, previous: dict[str, Any]) -> dict[str, Any]:
+    """The scoring of the folder's own summary.json: recorded in config.json (older folders: in its identity)."""
+    if not previous:
+        return cfg.scoring()
+    if "scoring" in previous:
+        return previous["scoring"]
+    defaults = {f.name: f.default for f in fields(EvalConfig)}
+    recorded = previous.get("eval", {})
+    return json.loads(json.dumps({k: recorded.get(k, defaults[k]) for k in scoring_options(cfg.bench)}, default=str))
+
+
+SCORES_FOLDER = "scores"
+"""``OUT/scores/<options>/``: the summaries of an evaluation re-scored with other scoring options."""
+
+
+def scores_folder(out: Path, scoring: dict[str, Any], main_scoring: dict[str, Any]) -> Path:
+    """``OUT/scores/parser-official``, ``OUT/scores/labels-repope+parser-official``: named by what differs."""
+    import re
+
+    parts = []
+    for key in sorted(scoring):
+        if scoring[key] != main_scoring.get(key):
+            value = scoring[key]
+            text = Path(value).name if isinstance(value, str) and ("/" in value or Path(value).suffix) else str(value)
+            parts.append(f"{key}-{re.sub(r'[^A-Za-z0-9._-]+', '_', text)}")
+    return Path(out) / SCORES_FOLDER / "+".join(parts)
+
+
+def _rescore(
+    cfg: EvalConfig, bench: Benchmark, samples: list[Sample], previous: dict, scoring: dict[str, Any], main_scoring: dict[str, Any]
+) -> dict[str, Any]:
+    """Score the answers of ``cfg.out`` with other scoring options into ``scores_folder``; the run itself is untouched."""
+    records = {r["id"]: r for r in read_predictions(cfg.out / "predictions.jsonl")}
+    missing = [s.id for s in samples if s.id not in records]
+    if missing:
+        raise HallbenchError(
+            f"--out {cfg.out}: {len(missing)} of {len(samples)} samples have no answer yet (first: {missing[0]}); re-scoring "
+            f"never generates: finish the run with its own scoring options ({main_scoring}) first"
+        )
+    rescored = []
+    for sample in samples:
+        record = {**records[sample.id], **sample.meta}  # the labels of the label set being scored against
+        if not record.get("error"):
+            try:
+                record.update(bench.score(sample, record["prediction"]))
+            except HallbenchError as err:
+                record["error"] = str(err)
+        rescored.append(record)
+    folder = scores_folder(cfg.out, scoring, main_scoring)
+    make_output_folder(folder, "--out")
+    summary = _summary(cfg, bench, samples, rescored, previous.get("backend", {}).get("display_name"))
+    summary["rescored_from"] = str(cfg.out)
+    summary["scored_into"] = str(folder)
+    write_records(folder / "predictions.jsonl", rescored)
+    write_json_atomic(
+        folder / "scoring.json",
+        {"scoring": scoring, "run_scoring": main_scoring, "run": str(cfg.out), "data": bench.describe(), **provenance()},
+    )
+    write_json_atomic(folder / "summary.json", summary)
     return summary

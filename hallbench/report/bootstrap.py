@@ -11,16 +11,28 @@ aggregate exactly on the full sample (``w = 1``), which :func:`point` checks aga
 
 Method (documented in ``docs/report.md``):
 
-- **CI of a cell**: nonparametric bootstrap over the samples of that run and split: ``n_resamples``
-  (default 1,000) resamples of ``n`` samples drawn with replacement; the 95% interval is the 2.5th
-  and 97.5th percentile of the resampled metric (percentile method, numpy's linear interpolation).
-  A resample whose denominator is 0 (no object mention in any drawn caption, say) has no value and is
-  left out of the percentiles.
-- **Paired test vs Base**: the two runs' samples are paired by sample id (only ids present, and not
-  errors, in both runs count); each resample draws the *same* ids for both runs, and the statistic is
-  the difference ``variant - base``. The difference is significant at the 5% level when its 95%
-  percentile interval excludes 0. A two-sided bootstrap p-value, ``2 * min(P(d <= 0), P(d >= 0))``,
-  is reported alongside (capped at 1).
+- **Units of resampling**: the *images*. POPE asks several questions about one image and the VQA
+  set several per image; their answers are correlated (one image the model misreads makes several
+  wrong answers), so resampling questions as if independent gives intervals that are too narrow.
+  A :class:`SampleTable` carries each row's ``group`` (its image); every resample draws images with
+  replacement and takes all their questions. CHAIR has one caption per image, so its groups are
+  its samples.
+- **CI of a cell**: nonparametric cluster bootstrap: ``n_resamples`` (default 1,000) resamples of
+  the ``G`` images drawn with replacement; the 95% interval is the 2.5th and 97.5th percentile of
+  the resampled metric (percentile method, numpy's linear interpolation). A resample whose
+  denominator is 0 (no object mention in any drawn caption, say) has no value and is left out.
+- **Paired comparison vs Base**: the two runs' samples are paired by sample id (only ids present,
+  and not errors, in both runs count). The difference ``variant - base`` gets a cluster-bootstrap
+  95% interval (the same images drawn for both runs), and a **test of the null hypothesis that the
+  two runs are exchangeable**: a paired permutation test at the image level (for each image, the
+  two runs' answers are swapped or not with probability 1/2, ``max(n_resamples, 9999)`` times; two-sided
+  p = (1 + #{|d*| >= |d|}) / (1 + permutations)). It works for every ratio metric (accuracy, F1,
+  CHAIRs, CHAIRi). For a metric that is a proportion of 0/1 outcomes over all samples (POPE
+  accuracy, CHAIRs) the exact McNemar test on the discordant samples (``scipy.stats.binomtest``) is
+  reported too; it assumes independent samples, which POPE's several questions per image are not,
+  so the marks use the permutation test.
+- **Multiplicity**: the tables mark a cell when its permutation p-value stays below 0.05 after the
+  Holm correction over every cell of that table that is tested against Base (:func:`holm`).
 - **Seeds**: each computation gets its own ``numpy.random.Generator`` seeded from the user's seed and
   a stable hash of what is being resampled (model, variant, bench, split, decoding), so a number does
   not change when other runs are added to the folder or the folder is moved.
@@ -34,6 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
+ALPHA = 0.05
+"""Family-wise level of the tables' significance marks (after Holm)."""
+MIN_PERMUTATIONS = 9999
+"""The permutation test's smallest p-value is 1 / (1 + permutations): 1e-4 lets Holm reach 0.05 over
+hundreds of cells (1,000 permutations would cap a table at 50 tested cells)."""
 # Resamples per block: bounds the count matrix at block x n integers (250 x 3,000 POPE questions = 6 MB).
 _BLOCK = 250
 
@@ -55,6 +72,8 @@ class SampleTable:
 
     ids: list[str]
     components: dict[str, np.ndarray]
+    groups: list[str] | None = None
+    """The resampling unit of each row (its image); ``None``: every sample is its own unit."""
 
     def __post_init__(self) -> None:
         # Invariant: every component has one entry per id, and ids are unique (pairing relies on it).
@@ -63,16 +82,33 @@ class SampleTable:
         for name, values in self.components.items():
             if values.shape != (len(self.ids),):
                 raise ValueError(f"component {name!r} has shape {values.shape}, expected ({len(self.ids)},)")
+        if self.groups is not None and len(self.groups) != len(self.ids):
+            raise ValueError(f"{len(self.groups)} groups for {len(self.ids)} samples")
 
     @property
     def n(self) -> int:
         return len(self.ids)
 
+    @property
+    def n_groups(self) -> int:
+        return len(set(self.groups)) if self.groups is not None else self.n
+
     def subset(self, ids: list[str]) -> SampleTable:
         """The rows of ``ids`` in that order (each must be present)."""
         position = {sid: i for i, sid in enumerate(self.ids)}
         rows = np.fromiter((position[sid] for sid in ids), dtype=np.int64, count=len(ids))
-        return SampleTable(list(ids), {name: values[rows] for name, values in self.components.items()})
+        groups = [self.groups[i] for i in rows] if self.groups is not None else None
+        return SampleTable(list(ids), {name: values[rows] for name, values in self.components.items()}, groups)
+
+    def group_sums(self, names: list[str]) -> np.ndarray:
+        """``G x len(names)``: each component summed over the rows of each group (groups in first-seen order)."""
+        matrix = np.stack([self.components[c].astype(np.float64) for c in names], axis=1) if names else np.zeros((self.n, 0))
+        if self.groups is None:
+            return matrix
+        index = {g: i for i, g in enumerate(dict.fromkeys(self.groups))}
+        sums = np.zeros((len(index), matrix.shape[1]))
+        np.add.at(sums, np.fromiter((index[g] for g in self.groups), dtype=np.int64, count=self.n), matrix)
+        return sums
 
 
 @dataclass(frozen=True)
@@ -87,13 +123,19 @@ class PairedResult:
     """Observed ``variant - base`` on the paired samples."""
     low: float | None
     high: float | None
+    """The cluster-bootstrap 95% interval of the difference."""
     p_value: float | None
+    """Two-sided p-value of the image-level paired permutation test (before any multiplicity correction)."""
     n_paired: int
+    n_groups: int | None = None
+    """Images the paired samples come from (the resampling units)."""
+    mcnemar_p: float | None = None
+    """Exact McNemar p-value, for a proportion of 0/1 outcomes (POPE accuracy, CHAIRs); ``None`` otherwise."""
 
     @property
     def significant(self) -> bool:
-        # Significant when the 95% interval of the difference excludes 0 (None when untestable).
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        """p < 0.05 for this comparison alone (the tables apply :func:`holm` across their cells)."""
+        return self.p_value is not None and self.p_value < ALPHA
 
 
 def stable_seed(seed: int, key: str) -> np.random.SeedSequence:
@@ -115,21 +157,75 @@ def point(table: SampleTable, metric: RatioMetric) -> float:
 
 
 def _resampled(tables: list[SampleTable], metrics: dict[str, RatioMetric], n_resamples: int, rng: np.random.Generator) -> list[dict]:
-    """For each table, ``{metric: array of n_resamples values}``; all tables share the same draws (paired)."""
-    n = tables[0].n
+    """For each table, ``{metric: array of n_resamples values}``; all tables share the same draws (paired).
+
+    The draws are of groups (images): tables resampled together have the same rows and groups.
+    """
     names = sorted({c for m in metrics.values() for c in (m.num, m.den)})
-    matrices = [np.stack([t.components[c].astype(np.float64) for c in names], axis=1) for t in tables]  # n x k each
+    matrices = [t.group_sums(names) for t in tables]  # G x k each
+    n = matrices[0].shape[0]
     sums = [np.empty((n_resamples, len(names))) for _ in tables]
     done = 0
     while done < n_resamples:
         block = min(_BLOCK, n_resamples - done)
-        # Counts of each sample in each resample: a multinomial draw of n out of n equally likely samples.
+        # Counts of each group in each resample: a multinomial draw of G out of G equally likely groups.
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=block).astype(np.float64)
         for matrix, total in zip(matrices, sums, strict=True):
             total[done : done + block] = counts @ matrix
         done += block
     column = {c: i for i, c in enumerate(names)}
     return [{name: _ratio(total[:, column[m.num]], total[:, column[m.den]], m) for name, m in metrics.items()} for total in sums]
+
+
+def _permutation_p(
+    variant: np.ndarray, base: np.ndarray, num: int, den: int, metric: RatioMetric, n_resamples: int, rng: np.random.Generator
+) -> float | None:
+    """Two-sided p-value of the paired permutation test: per group, the two runs swapped with probability 1/2."""
+    total_v, total_b = variant.sum(0), base.sum(0)
+    observed = _ratio(total_v[None, num], total_v[None, den], metric)[0] - _ratio(total_b[None, num], total_b[None, den], metric)[0]
+    if np.isnan(observed):
+        return None
+    extreme, done = 0, 0
+    while done < n_resamples:
+        block = min(_BLOCK, n_resamples - done)
+        swap = rng.integers(0, 2, size=(block, variant.shape[0])).astype(np.float64)
+        keep = 1.0 - swap
+        v = keep @ variant + swap @ base
+        b = swap @ variant + keep @ base
+        d = _ratio(v[:, num], v[:, den], metric) - _ratio(b[:, num], b[:, den], metric)
+        # A tolerance so that a permutation equal to the observed difference counts as extreme (ties).
+        extreme += int(np.sum(np.abs(np.nan_to_num(d, nan=0.0)) >= abs(observed) - 1e-9))
+        done += block
+    return (1 + extreme) / (1 + n_resamples)
+
+
+def _mcnemar_p(variant: SampleTable, base: SampleTable, metric: RatioMetric) -> float | None:
+    """Exact McNemar test when the metric is a share of 0/1 outcomes over every sample; else ``None``."""
+    from scipy.stats import binomtest
+
+    v, b = variant.components[metric.num], base.components[metric.num]
+    binary = np.isin(v, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()
+    if not binary or not (variant.components[metric.den] == 1).all() or not (base.components[metric.den] == 1).all():
+        return None
+    only_variant, only_base = int(np.sum((v == 1) & (b == 0))), int(np.sum((v == 0) & (b == 1)))
+    discordant = only_variant + only_base
+    return 1.0 if discordant == 0 else float(binomtest(only_variant, discordant, 0.5).pvalue)
+
+
+def n_permutations(n_resamples: int) -> int:
+    """Permutations of the paired test for a report with ``n_resamples`` bootstrap resamples."""
+    return max(n_resamples, MIN_PERMUTATIONS)
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1); ``None`` entries stay ``None`` and do not count."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def _interval(values: np.ndarray) -> Interval:
@@ -154,19 +250,32 @@ def bootstrap_ci(
 def paired_test(
     variant: SampleTable, base: SampleTable, metrics: dict[str, RatioMetric], *, n_resamples: int, seed: np.random.SeedSequence
 ) -> dict[str, PairedResult]:
-    """Paired bootstrap of ``variant - base`` over the sample ids the two tables share."""
+    """``variant - base`` over the sample ids the two tables share: its cluster-bootstrap interval,
+    the image-level paired permutation p-value and, where it applies, the exact McNemar p-value."""
     base_ids = set(base.ids)
     shared = [sid for sid in variant.ids if sid in base_ids]
     if not shared or n_resamples < 1:
         return {name: PairedResult(None, None, None, None, len(shared)) for name in metrics}
     v, b = variant.subset(shared), base.subset(shared)
-    draws_v, draws_b = _resampled([v, b], metrics, n_resamples, np.random.default_rng(seed))
+    b = SampleTable(b.ids, b.components, v.groups)  # one grouping for both (the same questions)
+    boot_rng, perm_rng = (np.random.default_rng(s) for s in seed.spawn(2))
+    draws_v, draws_b = _resampled([v, b], metrics, n_resamples, boot_rng)
+    names = sorted({c for m in metrics.values() for c in (m.num, m.den)})
+    column = {c: i for i, c in enumerate(names)}
+    groups_v, groups_b = v.group_sums(names), b.group_sums(names)
     results = {}
     for name, metric in metrics.items():
         observed = point(v, metric) - point(b, metric)
         delta = draws_v[name] - draws_b[name]
-        delta = delta[~np.isnan(delta)]
-        interval = _interval(delta)
-        p_value = float(min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))) if delta.size else None
-        results[name] = PairedResult(None if np.isnan(observed) else observed, interval.low, interval.high, p_value, len(shared))
+        interval = _interval(delta[~np.isnan(delta)])
+        p_value = _permutation_p(groups_v, groups_b, column[metric.num], column[metric.den], metric, n_permutations(n_resamples), perm_rng)
+        results[name] = PairedResult(
+            None if np.isnan(observed) else observed,
+            interval.low,
+            interval.high,
+            p_value,
+            len(shared),
+            v.n_groups,
+            _mcnemar_p(v, b, metric),
+        )
     return results

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.engine import DECODINGS as ENGINE_DECODINGS
 from hallbench.report.bootstrap import RatioMetric, SampleTable, bootstrap_ci, paired_test, point, stable_seed
 from hallbench.runfolder import read_appended_jsonl
 
@@ -43,7 +44,8 @@ PAPER_TABLES = ("table2", "ablation_injection", "ablation_loss")
 POPE_SPLITS = ("random", "popular", "adversarial")
 ALL = "all"
 """The split of benches that have none (CHAIR, VQA)."""
-DECODINGS = ("sample", "greedy", "beam")
+DECODINGS = ENGINE_DECODINGS
+"""Greedy, Sampling, Beam: the decodings in the order the engine declares them (rows of the decoding table)."""
 
 # bench -> metric -> how to recompute it from per-sample components (see bootstrap.py).
 METRICS: dict[str, dict[str, RatioMetric]] = {
@@ -367,7 +369,8 @@ def _pope_table(records: list[dict], split: str) -> SampleTable:
     tp = label_yes * answered_yes
     return SampleTable(
         [f"{split}/{r['question_id']}" for r in rows],
-        {
+        groups=[_image_of(r) for r in rows],
+        components={
             "one": np.ones(len(rows)),
             "correct": correct,
             "tp": tp,
@@ -378,6 +381,12 @@ def _pope_table(records: list[dict], split: str) -> SampleTable:
             "unknown": np.array([r["parsed"] == "unknown" for r in rows], dtype=np.float64),
         },
     )
+
+
+def _image_of(record: dict) -> str:
+    # The resampling unit of a question: its image (records name their image files), else the question itself.
+    images = record.get("images")
+    return "|".join(map(str, images)) if images else f"id:{record.get('id')}"
 
 
 def _chair_table(records: list[dict]) -> SampleTable:
@@ -406,7 +415,8 @@ def _vqa_table(records: list[dict], require_marker: bool) -> SampleTable:
     scored_open = [o and "bertscore" in r for o, r in zip(opened, rows, strict=True)]
     return SampleTable(
         [str(r["id"]) for r in rows],
-        {
+        groups=[_image_of(r) for r in rows],
+        components={
             "correct": np.array([1.0 if j and r["correct"] else 0.0 for j, r in zip(judged, rows, strict=True)]),
             "judged": np.array(judged, dtype=np.float64),
             "f1": np.array([r["bertscore"]["f1"] if s else 0.0 for s, r in zip(scored_open, rows, strict=True)]),
@@ -453,7 +463,8 @@ def summary_n(run: EvalRun, split: str) -> int | None:
 
 FRAME_COLUMNS = [
     "run", "model", "variant", "variant_label", "table", "bench", "split", "decoding", "metric", "value", "n", "ci_low", "ci_high",
-    "higher_is_better", "base_run", "n_paired", "delta", "delta_low", "delta_high", "p_value", "significant", "git_commit", "created",
+    "higher_is_better", "base_run", "n_paired", "n_images", "delta", "delta_low", "delta_high", "p_value", "mcnemar_p", "significant",
+    "git_commit", "created",
 ]  # fmt: skip
 
 
@@ -558,10 +569,12 @@ def build_frame(
                     "higher_is_better": higher_is_better(run, metric),
                     "base_run": relative(base_run.path) if base_run is not None else None,
                     "n_paired": test.n_paired if test else None,
+                    "n_images": test.n_groups if test else None,
                     "delta": test.delta if test else None,
                     "delta_low": test.low if test else None,
                     "delta_high": test.high if test else None,
                     "p_value": test.p_value if test else None,
+                    "mcnemar_p": test.mcnemar_p if test else None,
                     "significant": test.significant if test else None,
                     "git_commit": run.git_commit,
                     "created": run.created,

@@ -7,7 +7,7 @@ them) and columns (bench, split, metric); each cell is looked up in the long fra
 
 Cell text: ``86.2 ± 1.1`` is the value and half the width of its 95% bootstrap interval (the exact,
 possibly asymmetric, bounds are in ``results.csv``); ``†`` marks a significant difference from Base
-of the same model; ``–`` is a missing cell (listed under the table with the command that would
+of the same model (image-level paired permutation test, Holm-corrected over the table's tested cells); ``–`` is a missing cell (listed under the table with the command that would
 produce it); ``n/a`` is a cell whose run exists but whose metric is undefined (CHAIRi without any
 object mention). The best value of a column is bold within each group of rows (see
 ``Table.group_levels``), comparing the values as displayed (one decimal), lower first for
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hallbench.report.bootstrap import ALPHA, holm, n_permutations
 from hallbench.report.collect import ALL, DECODINGS, HIGHER_IS_BETTER, POPE_SPLITS, PRETRAINED, RunSet, most_common, variant_rank
 
 MISSING_MD = "–"
@@ -64,8 +65,11 @@ class Cell:
     ci_low: float | None = None
     ci_high: float | None = None
     significant: bool | None = None
+    """Holm-adjusted p < 0.05 among the table's tested cells (``None``: not tested)."""
     missing: bool = True
     bold: bool = False
+    p_value: float | None = None
+    """The paired permutation p-value against Base, before the correction."""
 
 
 @dataclass
@@ -91,6 +95,8 @@ class Table:
     runs: list[Path] = field(default_factory=list)
     """Evaluation runs that provided at least one cell."""
     notes: list[str] = field(default_factory=list)
+    n_tested: int = 0
+    """Cells tested against Base: the family of the Holm correction."""
 
     def matrix(self, what: str = "value") -> pd.DataFrame:
         """The cells' ``value`` (or ``ci_low``, ``ci_high``, ``significant``, ``bold``, ``missing``) as a DataFrame."""
@@ -210,11 +216,18 @@ class Builder:
                         value=_num(entry.value),
                         ci_low=_num(entry.ci_low),
                         ci_high=_num(entry.ci_high),
-                        significant=None if _num(entry.significant) is None else bool(entry.significant),
                         missing=False,
+                        p_value=_num(entry.p_value),
                     )
                 )
             table.cells.append(cells)
+        # Multiplicity: every tested cell of the table is one comparison of the family (Holm). Neutral
+        # metrics (yes ratio, caption length) describe the answers and are not tested.
+        directed = [self._higher_is_better(column) is not None for column in table.columns]
+        tested = [cell for cells in table.cells for cell, d in zip(cells, directed, strict=True) if d and cell.p_value is not None]
+        for cell, adjusted in zip(tested, holm([cell.p_value for cell in tested]), strict=True):
+            cell.significant = adjusted is not None and adjusted < ALPHA
+        table.n_tested = len(tested)
         table.runs = list(runs)
         self._bold(table)
         table.missing = self._missing(table)
@@ -367,13 +380,14 @@ def _mark(cell: Cell, latex: bool) -> str:
 
 def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
     lines = [
-        f"Values in % (Len: words). ± is half the width of the 95% bootstrap percentile interval over questions/captions "
-        f"({n_resamples} resamples, seed {seed}); exact bounds in results.csv.",
+        f"Values in % (Len: words). ± is half the width of the 95% bootstrap percentile interval, resampling images "
+        f"(all the questions of a drawn image; {n_resamples} resamples, seed {seed}); exact bounds in results.csv.",
         "Bold: best in its column among rows of the same "
         + ("model and variant" if table.name == "decoding" else "split and model" if table.name == "pope_detail" else "model")
         + " (CHAIRs, CHAIRi and the unknown rate: lower is better; Yes Ratio and Len: not ranked).",
-        f"{MARK}: differs from Base of the same model (same bench, split and decoding) by a paired bootstrap over shared sample ids: "
-        "the 95% interval of the difference excludes 0.",
+        f"{MARK}: differs from Base of the same model (same bench, split and decoding): paired permutation test over images "
+        f"({n_permutations(n_resamples)} permutations), p < 0.05 after the Holm correction over the {table.n_tested} cells of this table tested "
+        "against Base (ranked metrics only); raw p-values (and exact McNemar for accuracy and CHAIRs) in results.csv.",
         f"{MISSING_MD}: no run provides the cell (see the list below); {UNDEFINED}: the run exists but the metric is undefined.",
     ]
     if table.name in ("table2", "ablation_injection", "ablation_loss"):

@@ -189,8 +189,16 @@ def _training_arguments(cfg: TrainConfig, folder: Path, precision: str) -> Any:
     try:
         return TrainingArguments(**kwargs)
     except TypeError as err:
+        import difflib
+
         valid = sorted(TrainingArguments.__dataclass_fields__)
-        raise HallbenchError(f"--set: {err}; valid TrainingArguments include: {', '.join(valid[:60])}...") from None
+        unknown = [k for k in cfg.training_args if k not in TrainingArguments.__dataclass_fields__]
+        hints = [f"{k} (did you mean {', '.join(close)}?)" for k in unknown if (close := difflib.get_close_matches(k, valid, n=3))]
+        hint = f"; {'; '.join(hints)}" if hints else ""
+        raise HallbenchError(
+            f"--set {', '.join(unknown) or ''}: not a TrainingArguments field ({err}){hint}; the fields: "
+            "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"
+        ) from None
     except ValueError as err:
         raise HallbenchError(f"invalid TrainingArguments: {err}") from None
 
