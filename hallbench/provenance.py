@@ -28,6 +28,7 @@ PACKAGES = (
     "lemminflect",
     "openai",
     "bert-score",
+    "scipy",
 )
 
 
