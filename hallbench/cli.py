@@ -224,7 +224,7 @@ def demo(
     ] = Path("demo"),
     model: Annotated[str, typer.Option(help="tiny-qwen or tiny-ministral.")] = "tiny-qwen",
     quick: Annotated[bool, typer.Option("--quick", help="A small world and a few steps: the whole pipeline in about a minute.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="Also train and evaluate both ablations (8 more runs).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Also train and evaluate both ablations (9 more runs).")] = False,
     judge_base_url: Annotated[
         str | None, typer.Option(help="A real OpenAI-compatible judge for the VQA set (default: a local judge on 127.0.0.1).")
     ] = None,

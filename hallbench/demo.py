@@ -119,7 +119,7 @@ class DemoConfig:
     quick: bool = False
     """A smaller world and a few training steps: the pipeline in about a minute (no real learning)."""
     full: bool = False
-    """Also train and evaluate both ablations (8 more runs)."""
+    """Also train and evaluate both ablations (9 more runs)."""
     judge_base_url: str | None = None
     """A real OpenAI-compatible judge for the VQA set (default: a local judge on 127.0.0.1 that the demo starts)."""
     judge_model: str = "local"

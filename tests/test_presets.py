@@ -33,15 +33,33 @@ def test_paper_spellings_are_accepted():
         get_preset("+X")
 
 
-def test_ablations_vary_one_thing_each():
-    injection = [PRESETS[n].evidence for n in ABLATION_INJECTION]
-    assert [(e.inject_position, e.inject_op) for e in injection] == [
-        ("first_layer_input", "add"), ("per_layer", "concat"), ("per_layer", "add"), ("per_layer", "ours"),
-    ]  # fmt: skip
-    assert all(e.lambda_orth == e.lambda_ctr == 0.0 for e in injection)
-    loss = [PRESETS[n].evidence for n in ABLATION_LOSS]
-    assert [(e.lambda_orth, e.lambda_ctr) for e in loss] == [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (0.0, 0.0)]
-    assert {(e.inject_position, e.inject_op, e.use_utilization) for e in loss} == {("per_layer", "ours", True)}
+# Every ablation against its reference: the method fields that differ, all of them (any other
+# difference fails). Ablation 4.1 against All-layer add; 4.3 against Full.
+INTENDED = {
+    "abl-first-add": ("abl-all-add", {"inject_position", "evidence_source"}),  # the seed's run: position and source (confounded)
+    "abl-first-add-aligned": ("abl-all-add", {"inject_position"}),
+    "abl-all-concat": ("abl-all-add", {"inject_op"}),
+    "abl-all-ours": ("abl-all-add", {"inject_op", "use_utilization"}),  # the ours operator comes with its gate
+    "loss-no-ctr": ("loss-full", {"lambda_ctr"}),
+    "loss-no-orth": ("loss-full", {"lambda_orth"}),
+    "loss-ce": ("loss-full", {"lambda_orth", "lambda_ctr"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED))
+def test_each_ablation_changes_exactly_its_named_fields(name):
+    from dataclasses import fields
+
+    reference, intended = INTENDED[name]
+    a, b = PRESETS[name].evidence, PRESETS[reference].evidence
+    differ = {f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert differ == intended
+
+
+def test_ablation_groups_and_their_references():
+    assert set(INTENDED) | {"abl-all-add", "loss-full"} == set(ABLATION_INJECTION) | set(ABLATION_LOSS)
+    assert all(PRESETS[n].evidence.lambda_orth == PRESETS[n].evidence.lambda_ctr == 0.0 for n in ABLATION_INJECTION)
+    assert PRESETS["loss-full"].evidence == PRESETS["ours"].evidence and PRESETS["abl-first-add"].evidence == PRESETS["m"].evidence
     assert {PRESETS[n].table for n in TABLE2} == {"table2"}
 
 

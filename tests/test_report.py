@@ -7,6 +7,7 @@ Regenerate the snapshots in tests/fixtures/report/ with ``HALLBENCH_UPDATE_SNAPS
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -101,7 +102,7 @@ def _config(bench: str, decoding: str, training: Path | None, variant: str | Non
             "path": str(training),
             "model": model,
             "variant": {"name": preset.name, "label": preset.label, "table": preset.table},
-            "evidence": {},
+            "evidence": dataclasses.asdict(preset.evidence),
         }
     return {
         "eval": {
@@ -417,7 +418,7 @@ def test_cis_and_significance_vs_base(study):
     assert pre.delta == 0 and not pre.significant and pre.p_value == 1.0
     md = (result.out / "table2.md").read_text()
     assert "| Tiny-Qwen3-VL | Ours | **100.0 ± 0.0**† |" in md
-    assert "| Tiny-Qwen3-VL | Base | 50.0 ± 20.0 | 66.7 ± 18.1 |" in md
+    assert "| Tiny-Qwen3-VL | Base | 50.0 ± 22.5 | 66.7 ± 19.8 |" in md
 
 
 def pd_isna(value) -> bool:
@@ -515,6 +516,21 @@ def test_paired_test_pairs_by_id_and_detects_a_consistent_difference():
     # Only shared ids are paired.
     partial = paired_test(variant.subset(ids[:10]), base, acc, n_resamples=100, seed=stable_seed(0, "p"))["acc"]
     assert partial.n_paired == 10
+
+
+def test_two_presets_of_one_configuration_get_the_same_intervals(tmp_path):
+    # +M+A and All-layer ours are one method configuration; with the same answers their cells must
+    # match, interval and test included (the seeds come from the run's identity, not the row label).
+    runs = tmp_path / "runs"
+    paths = {v: training_run(runs / "train", v) for v in ("base", "ma", "abl-all-ours")}
+    answers = {"random": yes_no(10, 10, wrong_yes=3, wrong_no=2)}
+    eval_pope(runs / "base", {"random": yes_no(10, 10, wrong_yes=5, wrong_no=5)}, training=paths["base"], variant="base")
+    for variant in ("ma", "abl-all-ours"):
+        eval_pope(runs / variant, answers, training=paths[variant], variant=variant)
+    frame = run_report(runs, tmp_path / "out", n_resamples=200).frame
+    columns = ["value", "ci_low", "ci_high", "delta", "delta_low", "delta_high", "p_value"]
+    twins = [frame[(frame.variant == v) & (frame.metric == "f1")][columns].to_numpy().tolist() for v in ("ma", "abl-all-ours")]
+    assert twins[0] == twins[1] and twins[0][0][1] < twins[0][0][2]
 
 
 # ---------------------------------------------------------------------------------------------

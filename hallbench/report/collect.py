@@ -539,7 +539,7 @@ def build_frame(
         model, variant, bench, split, decoding = key
         metrics = METRICS[bench]
         table = table_of(key)
-        name = "|".join(key)
+        name = _seed_key(run, key)
         cis = bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name)) if table is not None else {}
         base_key = (model, "base", bench, split, decoding)
         paired = {}
@@ -582,6 +582,17 @@ def build_frame(
             )
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     return Collected(frame=frame, cells=cells, warnings=_dedupe(warnings))
+
+
+def _seed_key(run: EvalRun, key: tuple[str, str, str, str, str]) -> str:
+    """What a cell's bootstrap is seeded from: the run's identity (model, method settings, bench, split,
+    decoding), not its row label, so that two presets with one configuration (``ma`` and
+    ``abl-all-ours``) get the same intervals from the same answers."""
+    model, variant, bench, split, decoding = key
+    training = run.config.get("backend", {}).get("training_run") if isinstance(run.config.get("backend"), dict) else None
+    evidence = training.get("evidence") if isinstance(training, dict) else None
+    method = evidence if evidence is not None else {"variant": variant, "model": run.model_ref}
+    return json.dumps({"model": model, "method": method, "bench": bench, "split": split, "decoding": decoding}, sort_keys=True)
 
 
 def _dedupe(items: list[Skipped]) -> list[Skipped]:

@@ -392,6 +392,12 @@ def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
     ]
     if table.name in ("table2", "ablation_injection", "ablation_loss"):
         lines.insert(0, "Greedy decoding.")
+    if table.name == "ablation_injection":
+        lines.append(
+            "First-layer add is the seed's run, with +M's candidate evidence source; the all-layer rows use the aligned source, "
+            "so First-layer add vs All-layer add changes the position and the source at once. First-layer add (aligned) "
+            "changes the position alone: compare it with All-layer add for the effect of the position."
+        )
     return lines + table.notes
 
 
