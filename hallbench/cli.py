@@ -233,21 +233,18 @@ def demo(
 ) -> None:
     """Run the whole study on the shapes world with a tiny model, on a CPU, offline: train, evaluate, report."""
     with user_errors():
-        from rich.table import Table
-
         from hallbench.demo import DemoConfig, run_demo
         from hallbench.report.tables import cell_plain
 
         cfg = DemoConfig(out=out, model=model, quick=quick, full=full, judge_base_url=judge_base_url, judge_model=judge_model, seed=seed)
         result = run_demo(cfg, say=console.print)
         table2 = result.table2
-        shown = Table(title=table2.title, caption="greedy decoding; ± = half-width of the 95% bootstrap CI; † = differs from Base")
-        shown.add_column("Variant", no_wrap=True)
-        for column in table2.columns:
-            shown.add_column(f"{column.group}\n{column.label}".replace("POPE ", "POPE\n", 1), justify="right")
-        for row, cells in zip(table2.rows, table2.cells, strict=True):
-            shown.add_row(row.labels[-1], *[cell_plain(cell) for cell in cells])
-        console.print(shown)
+        columns = [f"{c.group} {c.label}" if c.group not in ("", c.label) else c.label for c in table2.columns]
+        rows = [(row.labels[-1], [cell_plain(cell) for cell in cells]) for row, cells in zip(table2.rows, table2.cells, strict=True)]
+        caption = (
+            "greedy decoding; ± = half-width of the 95% bootstrap CI over images; † = differs from Base (Holm-corrected, see the legend)"
+        )
+        _print_grid(table2.title, "Variant", columns, rows, caption)
         total = sum(s.seconds for s in result.stages)
         console.print(
             f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {cfg.study / 'runs'}, evaluations {cfg.study / 'eval'}"
@@ -403,22 +400,44 @@ def _error_kinds(summary: dict) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "see judge_error_ids in summary.json"
 
 
-def print_summary(summary: dict, out: Path) -> None:
-    """The headline numbers of an evaluation summary as a small table."""
-    from rich.table import Table
+def format_grid(title: str, index_name: str, columns: list[str], rows: list[tuple[str, list[str]]], width: int) -> list[str]:
+    """Plain-text lines of a table that stay readable at ``width`` columns and in a log file.
 
-    table = Table(title=f"{summary['bench']} - {summary.get('model')} ({summary.get('decoding')})")
+    One line per row when the whole table fits ``width``; otherwise one block per row with a
+    ``column: value`` line per cell. Headers are never cut and cells never wrapped.
+    """
+    widths = [max([len(index_name)] + [len(label) for label, _ in rows])]
+    widths += [max([len(name)] + [len(cells[j]) for _, cells in rows]) for j, name in enumerate(columns)]
+    lines = [title]
+    if sum(widths) + 2 * len(columns) <= width:
+        header = [index_name.ljust(widths[0]), *(name.rjust(w) for name, w in zip(columns, widths[1:], strict=True))]
+        lines += ["  ".join(header).rstrip(), "  ".join("-" * w for w in widths)]
+        for label, cells in rows:
+            lines.append("  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells, widths[1:], strict=True))]).rstrip())
+        return lines
+    name_width = max(len(name) for name in columns)
+    for label, cells in rows:
+        lines.append(f"{index_name} {label}")
+        lines += [f"  {name.ljust(name_width)}  {cell}" for name, cell in zip(columns, cells, strict=True)]
+    return lines
+
+
+def _print_grid(title: str, index_name: str, columns: list[str], rows: list[tuple[str, list[str]]], caption: str = "") -> None:
+    for line in format_grid(title, index_name, columns, rows, console.width):
+        console.print(escape(line), soft_wrap=True, highlight=False)
+    if caption:
+        console.print(escape(caption), soft_wrap=True, highlight=False)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The headline numbers of an evaluation summary (readable at 80 columns and in logs)."""
     rows = dict(summary.get("splits") or {"all": summary.get("metrics", {})})
     for extra in ("mean", "pooled"):
         if extra in summary:
             rows[extra] = summary[extra]
     names = [m for m in summary.get("metrics_info", {}) if any(m in r for r in rows.values())]
-    table.add_column("split")
-    for name in names:
-        table.add_column(name, justify="right")
-    for split_name, metrics in rows.items():
-        table.add_row(split_name, *(_fmt(metrics.get(n)) for n in names))
-    console.print(table)
+    title = f"{summary['bench']} - {summary.get('model')} ({summary.get('decoding')})"
+    _print_grid(title, "split", names, [(split, [_fmt(metrics.get(n)) for n in names]) for split, metrics in rows.items()])
     if summary.get("n_errors"):
         console.print(f"[yellow]{summary['n_errors']} sample(s) could not be evaluated[/]; see errors in summary.json")
     if summary.get("judge_errors"):

@@ -96,3 +96,32 @@ def test_an_os_error_of_the_machine_is_one_line(monkeypatch, tmp_path):
     result = runner.invoke(app, ["report", "--runs", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "error: No space left on device" in result.output and "results.csv" in result.output and "Traceback" not in result.output
+
+
+def test_console_tables_stay_readable_at_80_columns_and_in_logs():
+    from hallbench.cli import format_grid
+
+    columns = ["POPE random Acc", "POPE random F1", "POPE popular Acc", "CHAIR CHAIRs", "VQA Open BERTScore-F1"]
+    rows = [("Base", ["80.3 ± 3.2", "80.5 ± 3.4", "84.6 ± 2.8", "65.3 ± 7.7", "36.2 ± 2.3"]), ("+M+A", ["75.9 ± 3.3†"] * 5)]
+    narrow = format_grid("Table 2", "Variant", columns, rows, width=80)
+    assert all(len(line) <= 80 for line in narrow)
+    assert narrow[1] == "Variant Base" and "  VQA Open BERTScore-F1  36.2 ± 2.3" in narrow  # whole headers, one cell a line
+    wide = format_grid("Table 2", "Variant", columns, rows, width=200)
+    assert len(wide) == 3 + len(rows) and wide[1].startswith("Variant") and wide[1].endswith("VQA Open BERTScore-F1")
+    assert wide[4].startswith("+M+A") and wide[4].endswith("75.9 ± 3.3†")
+
+
+def test_an_eval_summary_printed_at_80_columns_has_no_cut_header(tmp_path, shapes_dir):
+    from hallbench.data.pope_build import PopeBuildConfig, build_pope
+
+    pope = tmp_path / "pope"
+    build_pope(
+        shapes_dir / "annotations" / "instances_val.json", pope, PopeBuildConfig(n_images=2, per_image=1), images_dir=shapes_dir / "images"
+    )
+    result = runner.invoke(
+        app, ["eval", "--bench", "pope", "--data", str(pope), "--out", str(tmp_path / "o"), "--device", "cpu"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    grid = lines[lines.index(next(line for line in lines if line.startswith("pope - "))) :]
+    assert all(len(line) <= 80 for line in grid) and any("unknown_rate" in line for line in grid)

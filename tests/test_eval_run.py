@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -440,3 +441,26 @@ def test_a_run_where_every_sample_failed_exits_non_zero(tmp_path, pope_dir):
     result = runner.invoke(app, [*args, "--max-new-tokens", "2"])
     assert result.exit_code == 1 and "every one of the 1 samples failed" in result.output and "image not found" in result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_errors"] == 1  # the summary is still written
+
+
+def test_recorded_image_folders_work_from_any_working_directory(tmp_path, shapes_dir, monkeypatch):
+    import shutil
+
+    world = tmp_path / "demo" / "shapes"
+    shutil.copytree(shapes_dir / "images", world / "images")
+    shutil.copy(shapes_dir / "annotations" / "instances_val.json", tmp_path / "instances.json")
+    monkeypatch.chdir(tmp_path)  # as `hallbench demo` runs: relative paths
+    build_pope(
+        Path("instances.json"), Path("demo/shapes/pope"), PopeBuildConfig(n_images=2, per_image=1), images_dir=Path("demo/shapes/images")
+    )
+    manifest = json.loads((world / "pope" / "pope_build.json").read_text())
+    assert manifest["images"] == str(world.resolve() / "images")  # absolute since this version
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = EvalConfig(bench="pope", data=world / "pope", out=tmp_path / "run")
+    assert run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)["n_errors"] == 0
+    # A manifest of an older version, relative to where `data pope` ran: found above the manifest.
+    (world / "pope" / "pope_build.json").write_text(json.dumps({**manifest, "images": "demo/shapes/images"}))
+    cfg = EvalConfig(bench="pope", data=world / "pope", out=tmp_path / "run2")
+    assert run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)["n_errors"] == 0

@@ -224,7 +224,8 @@ def build_pope(
     manifest = {
         "config": asdict(cfg),
         "input": {"file": path.name, "sha256": sha256_file(path)},
-        **({"images": str(images_dir)} if images_dir is not None else {}),
+        # Absolute: the manifest is read from wherever eval runs, not from this command's folder.
+        **({"images": str(Path(images_dir).resolve())} if images_dir is not None else {}),
         "stats": {
             "n_images_total": len(images),
             "n_eligible": len(eligible),

@@ -456,7 +456,9 @@ class PopeBenchmark:
         if manifest.is_file():
             images = json.loads(manifest.read_text(encoding="utf-8")).get("images")
             if images:
-                return Path(images)
+                # Older manifests hold the path relative to where `data pope` ran: look for it above the manifest too.
+                candidates = [Path(images)] + ([parent / images for parent in manifest.parents] if not Path(images).is_absolute() else [])
+                return next((c for c in candidates if c.is_dir()), Path(images))
         raise HallbenchError(f"--bench pope needs --images (the folder of the images the questions name); {manifest} does not record one")
 
     def samples(self) -> list[Any]:

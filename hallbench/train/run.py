@@ -50,7 +50,8 @@ RESUMABLE_CHANGES = ("learning_rate",)
 class TrainResult:
     path: Path
     status: str
-    """``trained`` or ``skipped`` (already finished with the same settings)."""
+    """``trained``, ``skipped`` (already finished with the same settings) or ``reused`` (a preset with the
+    method settings of an earlier one: its folder links to that run's files)."""
     summary: dict[str, Any]
     model: Any = None
     """The trained model in memory (``trained`` runs only; LoRA adapters merged)."""
@@ -215,9 +216,68 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     """
     folder = run_folder(cfg)
     option = "--output-dir" if cfg.output_dir is not None else "--output-root"
+    twin = twin_preset(cfg)
+    if twin is not None:
+        # An ablation that equals a Table 2 variant (abl-all-ours is +M+A): train that one once, then
+        # give this preset a folder of links to it, so that both names evaluate the same weights.
+        source = run_train(replace(cfg, variant=twin), progress=progress)
+        make_output_folder(folder, option)
+        with FolderLock(folder, option=option):
+            return _link_twin(cfg, folder, source)
     make_output_folder(folder, option)
     with FolderLock(folder, option=option):
         return _train_locked(cfg, folder, progress=progress)
+
+
+def twin_preset(cfg: TrainConfig) -> str | None:
+    """The earlier preset (Table 2 first) with exactly this preset's method settings, if any.
+
+    Only for the run-folder layout (``--output-root``) and without ``--evidence`` overrides: a
+    preset's run is then fully determined by its method settings and the training settings.
+    """
+    from hallbench.train.presets import PRESETS
+
+    if cfg.output_dir is not None or cfg.evidence_overrides:
+        return None
+    own = get_preset(cfg.variant)
+    for other in PRESETS.values():
+        if other.name == own.name:
+            return None
+        if other.evidence == own.evidence:
+            return other.name
+    return None
+
+
+def _link_twin(cfg: TrainConfig, folder: Path, source: TrainResult) -> TrainResult:
+    """Make ``folder`` the run of ``cfg.variant`` by relative links to the files of ``source``'s run.
+
+    Its own ``hallbench_config.json`` names its preset (and ``same_as``); checkpoints are not linked
+    (there is nothing to resume). A folder already linked to the same run is left as it is.
+    """
+    preset = get_preset(cfg.variant)
+    config = json.loads((source.path / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file():
+        previous = json.loads(summary_path.read_text(encoding="utf-8"))
+        if previous.get("same_as") == source.path.name:
+            return TrainResult(folder, "skipped", previous, source.model)
+    if folder_content(folder) and not (folder / RUN_CONFIG_FILE).is_file():
+        raise HallbenchError(f"{folder} exists and is not a hallbench run; choose another --output-root")
+    for item in sorted(source.path.iterdir()):
+        if item.name in (RUN_CONFIG_FILE, SUMMARY_FILE) or item.name.startswith((".", "checkpoint-")):
+            continue
+        link = folder / item.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path("..") / source.path.name / item.name)
+    config["variant"] = {"name": preset.name, "label": preset.label, "table": preset.table}
+    config["identity"] = {**config["identity"], "variant": preset.name}
+    config["same_as"] = source.path.name
+    config["train"] = {**config["train"], "variant": cfg.variant}
+    write_json_atomic(folder / RUN_CONFIG_FILE, config)
+    summary = {**source.summary, "same_as": source.path.name}
+    write_json_atomic(summary_path, summary)
+    return TrainResult(folder, "reused", summary, source.model)
 
 
 def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainResult:
