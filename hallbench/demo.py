@@ -370,4 +370,13 @@ def _run_stages(cfg: DemoConfig, say: Callable[[str], None]) -> DemoResult:
 
 
 def write_stage_times(path: Path, stages: list[StageTime]) -> None:
-    write_json_atomic(path, {"stages": [s.__dict__ for s in stages], "total_s": sum(s.seconds for s in stages), **provenance()})
+    """This invocation's stage times; earlier invocations (an interrupted demo, then its resumption) are kept under ``earlier``."""
+    earlier: list[dict] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            earlier = [*previous.get("earlier", []), {k: v for k, v in previous.items() if k != "earlier"}]
+        except (ValueError, AttributeError):
+            earlier = []  # a damaged file: its times are lost, not the demo
+    record = {"stages": [s.__dict__ for s in stages], "total_s": sum(s.seconds for s in stages), **provenance()}
+    write_json_atomic(path, {**record, "earlier": earlier} if earlier else record)

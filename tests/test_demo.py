@@ -66,6 +66,8 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     again = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped output_model_") == 4  # a finished demo resumes without retraining
+    rerun_times = json.loads((out / "demo_times.json").read_text())
+    assert rerun_times["earlier"] == [times] and rerun_times["total_s"] < times["total_s"]  # the first timing is kept
     assert (report / "table2.md").read_text() == first_table  # the same runs give the same report, byte for byte
 
     # A demo folder made with other settings (an older default profile) is refused with what to delete.

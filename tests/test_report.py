@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -813,3 +814,21 @@ def test_the_permutation_test_keeps_its_level_and_holm_corrects_a_family():
     # Holm by hand: sorted 0.01, 0.03, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 1 x 0.04)
     assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
     assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_report_and_its_help_import_no_torch(tmp_path):
+    # The report only reads files: it must start fast and run where torch is broken or absent.
+    runs = tmp_path / "runs"
+    paths = {v: training_run(runs / "train", v, log=train_log(v)) for v in ("base", "ours")}
+    for v in ("base", "ours"):
+        eval_pope(runs / v, {"random": yes_no(4, 4)}, training=paths[v], variant=v)
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom hallbench.cli import app\n"
+        f"r = CliRunner().invoke(app, ['report', '--help'])\nassert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(app, ['report', '--runs', {str(runs)!r}, '--out', {str(tmp_path / 'out')!r}, '--resamples', '20'])\n"
+        "assert r.exit_code == 0, r.output\nprint(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "table2.md").is_file()

@@ -343,3 +343,41 @@ def test_a_preset_equal_to_an_earlier_one_reuses_its_run(tmp_path, shapes_dir, s
     assert all(torch.equal(a[k], b[k]) for k in a)
     again = run_matrix(cfg, ["tiny-qwen"], ["ma", "abl-all-ours"], progress=False)
     assert [r.status for r in again] == ["skipped", "skipped"]
+
+
+def test_tensorboard_logs_the_method_terms(tmp_path, shapes_dir, small_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_train(
+        _config(tmp_path, shapes_dir, small_data, training_args={"max_steps": 2, "report_to": "tensorboard"}), progress=False
+    )
+    (events,) = result.path.glob("runs/*/events.out.tfevents.*")
+    scalars = EventAccumulator(str(events.parent)).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/ce", "train/l_orth", "train/l_ctr", "train/learning_rate"} <= set(scalars)
+    # The tracker is no part of the run: the same settings without it are the same, finished run.
+    assert run_train(_config(tmp_path, shapes_dir, small_data, training_args={"max_steps": 2}), progress=False).status == "skipped"
+
+
+PINNED_CURVE = Path(__file__).parent / "fixtures" / "pinned_training_curve.json"
+
+
+def test_a_pinned_training_curve_catches_any_numerical_change(tmp_path, shapes_dir, small_data):
+    """Ours on tiny-qwen, 6 steps: every logged loss term, pinned to a relative 1e-5.
+
+    A code change that moves any number (the loss, the evidence modules, the data order, the
+    optimizer, a library upgrade) fails here, where the behavioural tests may still pass. When the
+    change is meant, re-pin deliberately: ``HALLBENCH_UPDATE_PINNED=1 pytest tests/test_train.py -k pinned``
+    and commit the new tests/fixtures/pinned_training_curve.json with the reason. Pinned on the
+    development machine (2 CPU cores); another CPU or library version can differ beyond 1e-5.
+    """
+    import os
+
+    result = run_train(_config(tmp_path, shapes_dir, small_data, training_args={"max_steps": 6}), progress=False)
+    curve = [{k: r[k] for k in ("step", "loss", "ce", "l_orth", "l_ctr", "grad_norm")} for r in _log(result.path)]
+    if os.environ.get("HALLBENCH_UPDATE_PINNED"):
+        PINNED_CURVE.write_text(json.dumps(curve, indent=1) + "\n")
+    pinned = json.loads(PINNED_CURVE.read_text())
+    assert [r["step"] for r in curve] == [r["step"] for r in pinned] == [1, 2, 3, 4, 5, 6]
+    for got, want in zip(curve, pinned, strict=True):
+        for key in ("loss", "ce", "l_orth", "l_ctr", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)

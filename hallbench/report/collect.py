@@ -276,7 +276,9 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
             Skipped(
                 folder,
                 f"the evaluated model ({run.model_ref}) is not a hallbench training run (config.json has no backend.training_run): "
-                "shown in the decoding and pope_detail tables only",
+                + {"pope": "shown in the pope_detail table only", "chair": "shown in the decoding table only"}.get(
+                    bench, "in results.csv only (no table shows it)"
+                ),
             )
         )
     found.evals.append(run)

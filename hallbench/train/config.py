@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError
-from hallbench.train.evidence import EvidenceConfig
+from hallbench.train.method import EvidenceConfig
 from hallbench.train.presets import evidence_config, get_preset
 
 DEEPSPEED_PRESETS = ("zero2", "zero3")
@@ -22,7 +22,7 @@ OWNED_TRAINING_ARGS = frozenset(
     {
         "output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
         "bf16", "fp16", "save_total_limit", "logging_steps", "seed", "data_seed", "deepspeed",
-        "gradient_checkpointing", "activation_checkpointing", "remove_unused_columns", "report_to", "use_cpu", "resume_from_checkpoint",
+        "gradient_checkpointing", "activation_checkpointing", "remove_unused_columns", "use_cpu", "resume_from_checkpoint",
     }
 )  # fmt: skip
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from hallbench.errors import HallbenchError
-from hallbench.train.evidence import EvidenceConfig
+from hallbench.train.method import EvidenceConfig
 
 
 @dataclass(frozen=True)

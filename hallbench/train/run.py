@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # Settings that may differ between a run and its continuation without changing the experiment.
 NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed", "cache_data", "save_total_limit", "logging_steps")
 # TrainingArguments (``--set``) that only say when to save: not part of the experiment either.
-NON_IDENTITY_ARGS = ("save_strategy", "save_steps")
+NON_IDENTITY_ARGS = ("save_strategy", "save_steps", "report_to")
 # May differ on resume (recorded); a finished run is still identified by the rate it ended with.
 RESUMABLE_CHANGES = ("learning_rate",)
 
@@ -182,7 +182,7 @@ def _training_arguments(cfg: TrainConfig, folder: Path, precision: str) -> Any:
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         remove_unused_columns=False,
-        report_to=[],
+        report_to=[],  # no tracker unless asked: --set report_to=tensorboard (logs in RUN/runs/), wandb (WANDB_MODE=offline)
         use_cpu=use_cpu,
         disable_tqdm=False,
     )
