@@ -6,10 +6,12 @@ The output folder is self-describing:
       config.json        resolved EvalConfig, backend description, package versions, git commit
       predictions.jsonl  one record per sample: prompt, prediction, the benchmark's per-sample fields
       summary.json       the benchmark's metrics (written last: its presence means the run finished)
+      scores/<options>/  the same answers scored with other scoring options (see ``_rescore``)
 
 Re-running the same command resumes: samples already in ``predictions.jsonl`` are skipped. Re-using
 a folder with a different configuration (another model, decoding, split...) is an error, so that
-one folder never mixes answers from two settings.
+one folder never mixes answers from two settings; changing only a benchmark's ``scoring_options``
+re-scores the answers without generating. The folder is locked while a process writes into it.
 """
 
 from __future__ import annotations
