@@ -97,11 +97,16 @@ def scrubbed_command(argv: list[str]) -> str:
     return " ".join(out)
 
 
+def command_line() -> str:
+    """This process's command line as recorded (program name, arguments; see :func:`scrubbed_command`)."""
+    return scrubbed_command([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def provenance() -> dict[str, Any]:
     return {
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "command": scrubbed_command([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "pid": os.getpid(),

@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import platform
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -84,10 +83,12 @@ class FolderLock:
                 "wait for it to finish, stop it, or choose another folder"
             ) from None
         if self.rank == 0:
+            from hallbench.provenance import command_line
+
             holder = {
                 "pid": os.getpid(),
                 "host": platform.node(),
-                "command": _command(),
+                "command": command_line(),
                 "since": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             handle.truncate(0)
@@ -114,12 +115,6 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _command() -> str:
-    from hallbench.provenance import scrubbed_command
-
-    return scrubbed_command([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def _describe_holder(path: Path) -> str:

@@ -431,6 +431,13 @@ def _read_completion(data: object) -> tuple[str | None, int, int]:
     return (text if isinstance(text, str) else None), _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
 
 
+def _client(cfg: JudgeConfig, secret: str) -> Any:
+    """The openai client of a judge: no retries of its own (``_judge_one`` retries), the per-request timeout."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=cfg.base_url, api_key=secret, max_retries=0, timeout=cfg.timeout_s)
+
+
 def _judge_one(
     client: Any,
     cfg: JudgeConfig,
@@ -555,7 +562,6 @@ def judge_many(
     Raises:
         HallbenchError: a bad item, a missing API key, an unreadable cache file.
     """
-    from openai import OpenAI
 
     start = time.perf_counter()
     _check_items(items)
@@ -614,7 +620,7 @@ def judge_many(
             finish(key, Judgement(first_item[key].id, verdict, None, None, 0, PROMPT_ID, cfg.model, True, reply=reply))
         todo = [key for key in first_item if key not in hits]
         if todo:
-            client = OpenAI(base_url=cfg.base_url, api_key=secret, max_retries=0, timeout=cfg.timeout_s)
+            client = _client(cfg, secret)
             pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="judge")
             # Finished futures are queued by their done-callback, so the loop below costs O(1) per
             # verdict (concurrent.futures.wait re-arms every pending future on each call).
@@ -681,10 +687,9 @@ def probe_judge(cfg: JudgeConfig, *, sleep: Callable[[float], object] | None = N
     give no verdict, costs one request instead of a whole generation run. At most three attempts
     (a transient error should not stop a run).
     """
-    from openai import OpenAI
 
     secret, key_source = resolve_api_key(cfg)
-    client = OpenAI(base_url=cfg.base_url, api_key=secret, max_retries=0, timeout=cfg.timeout_s)
+    client = _client(cfg, secret)
     quick = replace(cfg, max_attempts=min(cfg.max_attempts, 3), backoff_max_s=min(cfg.backoff_max_s, 2.0))
     try:
         out = _judge_one(client, quick, PROBE_ITEM, secret, sleep or time.sleep, threading.Event(), key_source)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
 from hallbench.provenance import identity_changes, provenance
-from hallbench.runfolder import FolderLock, folder_content, make_output_folder, write_json_atomic
+from hallbench.runfolder import folder_content, locked_output_folder, make_output_folder, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
@@ -240,29 +240,24 @@ def make_backend(cfg: EvalConfig) -> Any:
     )  # fmt: skip
 
 
-def _previous_config(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _check_resume(out: Path, identity: dict[str, Any]) -> None:
+def _check_resume(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The folder's ``config.json`` (``{}`` for a new folder); a run with another identity is an error."""
     path = out / "config.json"
     if not path.is_file():
         # Rank 0 only: the other ranks' shards may already exist when it looks.
         if folder_content(out) and int(os.environ.get("RANK", "0")) == 0:
             raise HallbenchError(f"--out {out} is not empty and holds no hallbench evaluation (no config.json); choose another --out")
-        return
+        return {}
     try:
-        previous = json.loads(path.read_text(encoding="utf-8")).get("eval", {})
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
     # Folders of older versions recorded scoring options (the parser) in the identity.
-    previous = {k: v for k, v in previous.items() if k not in scoring_options(identity["bench"])}
+    previous = {k: v for k, v in config.get("eval", {}).items() if k not in scoring_options(identity["bench"])}
     details = identity_changes(previous, identity)
     if details:
         raise SettingsChangedError(out, details, "choose another --out")
+    return config
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:
@@ -279,8 +274,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
         samples = [replace(s, prompt=f"{s.prompt}\n{cfg.prompt_suffix}") for s in samples]
     if not samples:
         raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
-    make_output_folder(cfg.out, "--out")
-    with FolderLock(cfg.out, option="--out"):
+    with locked_output_folder(cfg.out, "--out"):
         return _run_locked(cfg, bench, samples, progress=progress, backend=backend, on_chunk=on_chunk)
 
 
@@ -288,9 +282,8 @@ def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, pro
     from hallbench.eval.engine import DistInfo
 
     identity = cfg.identity()
-    _check_resume(cfg.out, identity)
+    previous = _check_resume(cfg.out, identity)
     dist = DistInfo.from_env()
-    previous = _previous_config(cfg.out)
     scoring, main_scoring = cfg.scoring(), _main_scoring(cfg, previous)
     if previous and scoring != main_scoring:
         # Only the scoring changed: the answers on disk are re-scored; no model is loaded.

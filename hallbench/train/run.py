@@ -30,7 +30,7 @@ from typing import Any
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.models.loading import RUN_CONFIG_FILE
 from hallbench.provenance import identity_changes, provenance, sha256_file
-from hallbench.runfolder import FolderLock, folder_content, make_output_folder, write_json_atomic
+from hallbench.runfolder import folder_content, locked_output_folder, write_json_atomic
 from hallbench.train.config import DEEPSPEED_PRESETS, TrainConfig
 from hallbench.train.presets import get_preset
 
@@ -221,11 +221,9 @@ def run_train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         # An ablation that equals a Table 2 variant (abl-all-ours is +M+A): train that one once, then
         # give this preset a folder of links to it, so that both names evaluate the same weights.
         source = run_train(replace(cfg, variant=twin), progress=progress)
-        make_output_folder(folder, option)
-        with FolderLock(folder, option=option):
+        with locked_output_folder(folder, option):
             return _link_twin(cfg, folder, source)
-    make_output_folder(folder, option)
-    with FolderLock(folder, option=option):
+    with locked_output_folder(folder, option):
         return _train_locked(cfg, folder, progress=progress)
 
 
@@ -323,6 +321,7 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
     complete = [path for _, path, ok in found if ok]
     checkpoint = str(complete[-1]) if complete else None
     resumes = list(previous_config.get("resumes", []))
+    run_provenance = provenance()
     if state == "unfinished":
         torn = [path.name for _, path, ok in found if not ok]
         resumes.append(
@@ -331,7 +330,7 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
                 "skipped_torn_checkpoints": torn,
                 "learning_rate": cfg.learning_rate,
                 "previous_learning_rate": previous_config.get("identity", {}).get("learning_rate"),
-                "at": provenance()["created"],
+                "at": run_provenance["created"],
             }
         )
         for name in torn:
@@ -364,7 +363,7 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "evidence": sum(p.numel() for p in evidence.modules.parameters()) if evidence else 0,
         },
-        **provenance(),
+        **run_provenance,
     }
     if previous_config.get("created"):
         run_config["created"] = previous_config["created"]

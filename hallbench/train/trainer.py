@@ -265,9 +265,9 @@ class EvidenceTrainer(Trainer):
 
         found = checkpoints(Path(self.args.output_dir))
         complete = [path for _, path, ok in found if ok]
-        newest = complete[-1] if complete else None
+        newest_step = max((step for step, _, ok in found if ok), default=None)
         for step, path, ok in found:
-            torn_and_older = not ok and newest is not None and step < int(newest.name.split("-")[1])
+            torn_and_older = not ok and newest_step is not None and step < newest_step
             if torn_and_older or (ok and limit and path in complete[:-limit]):
                 shutil.rmtree(path, ignore_errors=True)
 
