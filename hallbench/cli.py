@@ -119,6 +119,9 @@ def train(
     save_total_limit: Annotated[int | None, typer.Option(help="Epoch checkpoints kept [default: 2].")] = None,
     logging_steps: Annotated[int | None, typer.Option(help="Log CE / L_orth / L_ctr every N steps [default: 2].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for new modules, data order, dropout [default: 42].")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="One run per seed, e.g. 0,1,2, in folders named ..._seed<N> (instead of --seed).")
+    ] = None,
     tune_vision: Annotated[
         bool | None, typer.Option("--tune-vision/--freeze-vision", help="Train the vision tower [default: frozen].")
     ] = None,
@@ -156,7 +159,7 @@ def train(
     with user_errors():
         from hallbench.train.config import TrainConfig, load_recipe, merge_settings
         from hallbench.train.presets import expand_variants
-        from hallbench.train.run import TrainResult, expand_models, run_matrix
+        from hallbench.train.run import TrainResult, expand_models, parse_seeds, run_matrix
 
         flags: dict[str, object] = {field: values[option] for option, field in _TRAIN_OPTIONS.items() if values[option] is not None}
         flags["evidence_overrides"] = {k: values[k] for k in _EVIDENCE_OPTIONS if values[k] is not None}
@@ -172,6 +175,9 @@ def train(
         if settings.get("images") is None:
             settings["images"] = _default_images(settings["data"])
         models_, variants = expand_models(str(settings.pop("model"))), expand_variants(str(settings.pop("variant")))
+        if seeds is not None and seed is not None:
+            raise HallbenchError("give --seed (one run) or --seeds (one run per seed), not both")
+        seed_list = parse_seeds(seeds) if seeds is not None else None
         base = TrainConfig(model=models_[0], variant=variants[0], **settings)
 
         def announce(result: TrainResult) -> None:
@@ -179,7 +185,7 @@ def train(
                 terms = result.loss_terms()
                 console.print(f"[green]{result.status}[/] {result.path}" + (f"  ({terms})" if terms else ""))
 
-        run_matrix(base, models_, variants, on_result=announce)
+        run_matrix(base, models_, variants, seeds=seed_list, on_result=announce)
 
 
 def _default_images(data: Path) -> Path:
@@ -229,22 +235,35 @@ def demo(
         str | None, typer.Option(help="A real OpenAI-compatible judge for the VQA set (default: a local judge on 127.0.0.1).")
     ] = None,
     judge_model: Annotated[str, typer.Option(help="The judge's model name (with --judge-base-url).")] = "local",
-    seed: Annotated[int, typer.Option(help="Seed of the world, training and sampling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the world, pretraining and sampling (and of the fine-tuning without --seeds).")] = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Fine-tuning seeds, e.g. 0,1,2: each variant trained and evaluated per seed; mean ± sd in the report."),
+    ] = None,
 ) -> None:
     """Run the whole study on the shapes world with a tiny model, on a CPU, offline: train, evaluate, report."""
     with user_errors():
         from hallbench.demo import DemoConfig, run_demo
         from hallbench.report.tables import cell_plain
+        from hallbench.train.run import parse_seeds
 
-        cfg = DemoConfig(out=out, model=model, quick=quick, full=full, judge_base_url=judge_base_url, judge_model=judge_model, seed=seed)
+        cfg = DemoConfig(
+            out=out, model=model, quick=quick, full=full, judge_base_url=judge_base_url, judge_model=judge_model, seed=seed,
+            seeds=tuple(parse_seeds(seeds)) if seeds is not None else (),
+        )  # fmt: skip
         result = run_demo(cfg, say=console.print)
         table2 = result.table2
         columns = [f"{c.group} {c.label}" if c.group not in ("", c.label) else c.label for c in table2.columns]
         rows = [(row.labels[-1], [cell_plain(cell) for cell in cells]) for row, cells in zip(table2.rows, table2.cells, strict=True)]
-        caption = (
-            "greedy decoding; ± = half-width of the 95% bootstrap CI over images; † = differs from Base (Holm-corrected, see the legend)"
+        spread = (
+            f"± = standard deviation across the {len(cfg.fine_tune_seeds)} seeds"
+            if len(cfg.fine_tune_seeds) > 1
+            else "± = half-width of the 95% bootstrap CI over images"
         )
+        caption = f"greedy decoding; {spread}; † = differs from Base (Holm-corrected, see the legend)"
         _print_grid(table2.title, "Variant", columns, rows, caption)
+        for line in result.variation:
+            console.print(line, markup=False, highlight=False)
         total = sum(s.seconds for s in result.stages)
         console.print(
             f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {cfg.study / 'runs'}, evaluations {cfg.study / 'eval'}"

@@ -8,14 +8,16 @@ The demo does the same at small scale, each stage a call to the functions the co
    on the short-answer questions: object lists and yes/no; the stand-in for the pretrained
    checkpoint), saved in ``pretrained/``;
 3. fine-tuning Base, +M, +M+A and Ours (and both ablations with ``--full``) from that checkpoint
-   (``hallbench train``), in ``study/runs/``;
+   (``hallbench train``), once per fine-tuning seed (``--seeds``; default: ``--seed``), in
+   ``study/runs/output_model_<model>_<variant>_seed<N>/``;
 4. for every fine-tuned run: POPE (random, popular, adversarial), CHAIR with greedy, sampling and
    beam decoding, and the VQA set judged by a local OpenAI-compatible judge on 127.0.0.1 (or the
    endpoint given) with BERTScore (``hallbench eval``), in ``study/eval/``;
 5. the report of ``study/`` (``hallbench report``): Table 2, decoding and POPE tables, plots.
 
 Every stage resumes: a finished world, run or evaluation is reused, so an interrupted demo continues
-where it stopped. All seeds are fixed, so two demos give the same numbers.
+where it stopped. All seeds are fixed, so two demos on one machine with the same installed versions
+give the same numbers; adding seeds to ``--seeds`` later trains only the new ones.
 """
 
 from __future__ import annotations
@@ -125,7 +127,10 @@ class DemoConfig:
     judge_model: str = "local"
     """The judge's model name (with --judge-base-url)."""
     seed: int = 0
-    """Seed of the world, the training and the sampling decoding."""
+    """Seed of the world, the pretraining and the sampling decoding (and of the fine-tuning without ``seeds``)."""
+    seeds: tuple[int, ...] = ()
+    """Fine-tuning seeds (``--seeds 0,1,2``): every variant is fine-tuned and evaluated once per seed, from
+    the one pretrained model, and the report shows mean ± standard deviation; default: ``seed`` alone."""
     profile_override: DemoProfile | None = None
     """Python API only: a custom profile (world, sizes, schedules) instead of the default or quick one."""
 
@@ -143,6 +148,10 @@ class DemoConfig:
     def study(self) -> Path:
         return self.out / "study"
 
+    @property
+    def fine_tune_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
 
 @dataclass
 class StageTime:
@@ -159,6 +168,8 @@ class DemoResult:
     table2: Any
     """The report's Table 2 (``hallbench.report.tables.Table``)."""
     stages: list[StageTime] = field(default_factory=list)
+    variation: list[str] = field(default_factory=list)
+    """What the table's differences can and cannot mean (:func:`variation_note`)."""
 
 
 def _world(cfg: DemoConfig) -> Path:
@@ -243,7 +254,7 @@ def _train(cfg: DemoConfig, world: Path, pretrained: Path, on_result: Callable[[
         **profile.train,
         **_common(cfg, world),
     )
-    return run_matrix(base, [str(pretrained)], variants, progress=True, on_result=on_result)
+    return run_matrix(base, [str(pretrained)], variants, seeds=cfg.fine_tune_seeds, progress=True, on_result=on_result)
 
 
 @contextmanager
@@ -341,7 +352,8 @@ def _run_stages(cfg: DemoConfig, say: Callable[[str], None]) -> DemoResult:
 
     start = time.perf_counter()
     variants = "Base, +M, +M+A, Ours" + (" and both ablations" if cfg.full else "")
-    say(f"[bold]3/5 fine-tune[/]: {variants} from {pretrained.path}")
+    seeds = cfg.fine_tune_seeds
+    say(f"[bold]3/5 fine-tune[/]: {variants} from {pretrained.path}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
 
     def trained(result: Any) -> None:
         terms = result.loss_terms(digits=3)
@@ -366,7 +378,43 @@ def _run_stages(cfg: DemoConfig, say: Callable[[str], None]) -> DemoResult:
     timed("report", f"{len(report.files)} files", start)
     table2 = (cfg.out / "report" / "table2.md").read_text(encoding="utf-8")
     write_stage_times(cfg.out / "demo_times.json", stages)
-    return DemoResult(cfg.out, report.index, table2, report.tables["table2"], stages)
+    return DemoResult(cfg.out, report.index, table2, report.tables["table2"], stages, variation_note(report.frame, seeds))
+
+
+NOTE_METRICS = (("pope", "random", "accuracy", "POPE random Acc"), ("pope", "adversarial", "accuracy", "POPE adversarial Acc"),
+                ("chair", "all", "chair_s", "CHAIRs"))  # fmt: skip
+
+
+def variation_note(frame: Any, seeds: list[int]) -> list[str]:
+    """Lines for the end of the demo: with one seed, that the table cannot tell the variants apart from
+    seed noise; with several, Base and Ours as mean ± standard deviation and Ours - Base seed by seed."""
+    if len(seeds) < 2:
+        return [
+            f"One fine-tuning seed ({seeds[0]}): a difference between two rows means something only if it exceeds the spread "
+            "across seeds, which one seed cannot show. `hallbench demo --seeds 0,1,2` measures it (it reuses this seed's runs); "
+            "the numbers also move with the CPU and the installed versions (README)."
+        ]
+    lines = [f"Across fine-tuning seeds {', '.join(map(str, seeds))} (mean ± standard deviation; Ours - Base seed by seed):"]
+    greedy = frame[(frame.decoding == "greedy") & (frame.table == "table2")]
+    for bench, split, metric, name in NOTE_METRICS:
+        rows = greedy[(greedy.bench == bench) & (greedy.split == split) & (greedy.metric == metric)]
+        base, ours = rows[(rows.variant == "base") & ~rows.per_seed], rows[(rows.variant == "ours") & ~rows.per_seed]
+        if base.empty or ours.empty:
+            continue
+        per_seed = {v: dict(zip(rows[(rows.variant == v) & rows.per_seed].seed, rows[(rows.variant == v) & rows.per_seed].value, strict=True))
+                    for v in ("base", "ours")}  # fmt: skip
+        deltas = [per_seed["ours"][s] - per_seed["base"][s] for s in seeds if s in per_seed["ours"] and s in per_seed["base"]]
+        base_row, ours_row = base.iloc[0], ours.iloc[0]
+        t_p = (
+            ""
+            if ours_row.seed_t_p is None or ours_row.seed_t_p != ours_row.seed_t_p
+            else f", t-test over seeds p = {ours_row.seed_t_p:.2f}"
+        )
+        lines.append(
+            f"  {name}: Base {base_row.value:.1f} ± {base_row.seed_sd:.1f}, Ours {ours_row.value:.1f} ± {ours_row.seed_sd:.1f}; "
+            f"Ours - Base {', '.join(f'{d:+.1f}' for d in deltas)}{t_p}"
+        )
+    return lines
 
 
 def write_stage_times(path: Path, stages: list[StageTime]) -> None:

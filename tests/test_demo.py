@@ -26,13 +26,14 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     assert json.loads((pretrain_folder / "train_summary.json").read_text())["resumed_from"].endswith("checkpoint-4")
     assert [json.loads(line)["step"] for line in (pretrain_folder / "train_log.jsonl").read_text().splitlines()] == [5, 10]
     assert "Table 2: Base, +M, +M+A and Ours" in result.output and "demo finished" in result.output
+    assert "One fine-tuning seed (0)" in result.output and "--seeds 0,1,2" in result.output
     assert f"runs {out / 'study' / 'runs'}" in " ".join(result.output.split())  # where the printed paths point exists
 
     runs = {json.loads(p.read_text())["variant"]["name"]: p.parent for p in (out / "study" / "runs").glob("*/hallbench_config.json")}
     assert sorted(runs) == sorted(TABLE2)
     for name, run in runs.items():
         assert (run / "train_summary.json").is_file(), name
-        assert run.name == f"output_model_Tiny-Qwen3-VL-shapes_{PRESETS[name].folder_label}"
+        assert run.name == f"output_model_Tiny-Qwen3-VL-shapes_{PRESETS[name].folder_label}_seed0"
         log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
         assert log and all(r["ce"] > 0 for r in log)
         assert all((r["l_ctr"] is not None) == (name == "ours") for r in log)
@@ -69,6 +70,19 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     rerun_times = json.loads((out / "demo_times.json").read_text())
     assert rerun_times["earlier"] == [times] and rerun_times["total_s"] < times["total_s"]  # the first timing is kept
     assert (report / "table2.md").read_text() == first_table  # the same runs give the same report, byte for byte
+
+    # A second fine-tuning seed: seed 0's runs are reused, seed 1's trained; the table shows mean ± sd over both.
+    seeds = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "0,1"], env={"COLUMNS": "200"})
+    assert seeds.exit_code == 0, seeds.output
+    assert seeds.output.count("skipped output_model_") == 4 and seeds.output.count("trained output_model_") == 4
+    assert sorted(p.name for p in (out / "study" / "runs").iterdir() if p.name.endswith("_seed1")) == sorted(
+        f"output_model_Tiny-Qwen3-VL-shapes_{PRESETS[name].folder_label}_seed1" for name in TABLE2
+    )
+    assert "Across fine-tuning seeds 0, 1" in seeds.output and "standard deviation across the 2 seeds" in seeds.output
+    assert "Cells over 2 training seeds" in (report / "table2.md").read_text()
+    two = pd.read_csv(report / "results.csv")
+    base_acc = two[(two.variant == "base") & (two.split == "random") & (two.metric == "accuracy")]
+    assert sorted(base_acc.n_seeds) == [1, 1, 2] and base_acc.per_seed.sum() == 2  # two per-seed rows, one for the cell
 
     # A demo folder made with other settings (an older default profile) is refused with what to delete.
     from dataclasses import replace

@@ -52,10 +52,11 @@ def _jsonl(path: Path, records: list[dict]) -> None:
 
 
 def training_run(
-    root: Path, variant: str, *, model: dict = MODEL, log: list[dict] | None = None, created: str = "2026-01-01T00:00:00+00:00"
-) -> Path:
+    root: Path, variant: str, *, model: dict = MODEL, log: list[dict] | None = None, created: str = "2026-01-01T00:00:00+00:00",
+    seed: int | None = None,
+) -> Path:  # fmt: skip
     preset = PRESETS[variant]
-    folder = root / f"output_model_{model['display_name']}_{preset.label}"
+    folder = root / (f"output_model_{model['display_name']}_{preset.label}" + (f"_seed{seed}" if seed is not None else ""))
     _dump(
         folder / "hallbench_config.json",
         {
@@ -63,7 +64,7 @@ def training_run(
             "model": model,
             "variant": {"name": preset.name, "label": preset.label, "table": preset.table},
             "evidence": {},
-            "train": {},
+            "train": {} if seed is None else {"seed": seed, "seed_in_folder": True},
             "data": {},
             "versions": {},
             "git_commit": COMMIT,
@@ -703,11 +704,14 @@ def test_pngs_exist_and_carry_their_provenance(study):
         "train_Tiny-Qwen3-VL_Base.png",
         "train_Tiny-Qwen3-VL_Ours.png",
     ]
+    # One 400-pixel panel per loss term the variant uses: only Ours (of these) adds L_orth and L_ctr to CE.
+    panels = {"pope_f1_yes_ratio.png": 3, "train_Tiny-Qwen3-VL_Base.png": 1, "train_Tiny-Qwen3-VL_+M.png": 1,
+              "train_Tiny-Qwen3-VL_+M+A.png": 1, "train_Tiny-Qwen3-VL_Ours.png": 3, "train_Tiny-Qwen3-VL_All-layer-add.png": 1}  # fmt: skip
     for name in pngs:
         path = result.out / name
-        assert path.stat().st_size > 10_000
+        assert path.stat().st_size > 8_000
         with Image.open(path) as image:
-            assert image.size[0] >= 800
+            assert image.size[0] == 400 * panels[name], name
             assert "eval/" in image.info["Description"] or "training run train/" in image.info["Description"]
     index = result.index.read_text()
     for name in pngs:
@@ -832,3 +836,57 @@ def test_report_and_its_help_import_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "table2.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Several training seeds per cell
+
+
+def test_several_seeds_share_a_cell_mean_sd_per_seed_rows_and_the_test_over_seeds(tmp_path):
+    from scipy.stats import ttest_1samp
+
+    runs = tmp_path / "runs"
+    # POPE random, 20 questions: Base wrong on 4, 5, 6 (seeds 0, 1, 2) -> 80, 75, 70; Ours wrong on 2, 4, 3 -> 90, 80, 85.
+    wrong = {"base": (4, 5, 6), "ours": (2, 4, 3)}
+    for variant, counts in wrong.items():
+        for seed, n_wrong in enumerate(counts):
+            training = training_run(runs / "train", variant, log=train_log(variant), seed=seed)
+            answers = {"random": yes_no(10, 10, wrong_yes=n_wrong // 2, wrong_no=n_wrong - n_wrong // 2)}
+            eval_pope(runs / "eval" / f"{variant}_seed{seed}", answers, training=training, variant=variant)
+    result = run_report(runs, tmp_path / "report", n_resamples=200)
+    frame = result.frame
+    ours = _row(frame, variant="ours", split="random", metric="accuracy", per_seed=False)
+    assert ours.value == pytest.approx(85.0) and ours.n_seeds == 3 and ours.seed_sd == pytest.approx(5.0)
+    per_seed = frame[(frame.variant == "ours") & (frame.split == "random") & (frame.metric == "accuracy") & frame.per_seed]
+    assert per_seed.seed.tolist() == [0, 1, 2] and per_seed.value.tolist() == pytest.approx([90.0, 80.0, 85.0])
+    # Differences from Base by seed: 10, 5, 15 -> t = 10 / (5 / sqrt 3); with 2 degrees of freedom p = 1 - t / sqrt(t^2 + 2).
+    t = 10 / (5 / 3**0.5)
+    assert ours.seed_t_p == pytest.approx(1 - t / (t**2 + 2) ** 0.5) == pytest.approx(ttest_1samp([10, 5, 15], 0).pvalue)
+    # The paired test pools the three seed pairs: 60 pairs of answers, the mean difference 10 points.
+    assert ours.n_paired == 60 and ours.delta == pytest.approx(10.0)
+    assert ours.base_run.count(";") == 2 and ours.run.count(";") == 2
+    # The interval is the bootstrap of the mean over seeds: it contains the mean and lies within the per-seed extremes' reach.
+    assert ours.ci_low < 85.0 < ours.ci_high
+    cell = _cell(result, "table2", ("Tiny-Qwen3-VL", "Ours"), "POPE random", "Acc")
+    assert (cell.value, cell.n_seeds, cell.seed_sd) == (pytest.approx(85.0), 3, pytest.approx(5.0))
+    table2 = (tmp_path / "report" / "table2.md").read_text()
+    assert "| Tiny-Qwen3-VL | Ours | **85.0 ± 5.0**" in table2 and "Cells over 3 training seeds" in table2
+    assert (tmp_path / "report" / "seeds.png").is_file()
+    # A fourth Ours run of an existing seed conflicts with it (and names the seed).
+    again = training_run(runs / "train2", "ours", log=train_log("ours"), seed=1)
+    eval_pope(runs / "eval" / "ours_seed1_again", {"random": yes_no(10, 10)}, training=again, variant="ours")
+    with pytest.raises(HallbenchError, match=r"\(Tiny-Qwen3-VL / ours / pope random / greedy / seed 1\)"):
+        run_report(runs, tmp_path / "report2")
+
+
+def test_one_seed_of_a_variant_pairs_with_the_same_seed_of_base(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, n_wrong in enumerate((4, 5, 6)):
+        training = training_run(runs / "train", "base", log=train_log("base"), seed=seed)
+        eval_pope(runs / "eval" / f"base_seed{seed}", {"random": yes_no(10, 10, wrong_no=n_wrong)}, training=training, variant="base")
+    ours = training_run(runs / "train", "ours", log=train_log("ours"), seed=1)
+    eval_pope(runs / "eval" / "ours_seed1", {"random": yes_no(10, 10)}, training=ours, variant="ours")
+    frame = run_report(runs, tmp_path / "report", n_resamples=100).frame
+    row = _row(frame, variant="ours", split="random", metric="accuracy", per_seed=False)
+    assert row.n_seeds == 1 and row.seed == 1 and row.base_run == "eval/base_seed1"
+    assert row.delta == pytest.approx(100.0 - 75.0) and row.n_paired == 20

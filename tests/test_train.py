@@ -286,6 +286,35 @@ def test_cli_matrix_and_recipe(tmp_path, shapes_dir, small_data):
     assert bad.exit_code == 1 and "lambda_orth/lambda_ctr need evidence modules" in bad.output
 
 
+def test_seeds_give_one_run_per_seed_in_named_folders_and_twins_pair_by_seed(tmp_path, shapes_dir, small_data):
+    from hallbench.train.load import load_run
+
+    runs = tmp_path / "runs"
+    common = ["train", "--model", "tiny-qwen", "--data", str(small_data), "--images", str(shapes_dir / "images"),
+              "--output-root", str(runs), "--learning-rate", "0.01", "--logging-steps", "1", "--set", "max_steps=1"]  # fmt: skip
+    result = runner.invoke(app, [*common, "--variant", "base,abl-all-ours", "--seeds", "3,1,3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in runs.iterdir()) == [
+        f"output_model_Tiny-Qwen3-VL_{label}_seed{seed}" for label in ("+M+A", "Base", "abl-all-ours") for seed in (1, 3)
+    ]
+    configs = {p.name: json.loads((p / "hallbench_config.json").read_text()) for p in runs.iterdir()}
+    assert {name: c["train"]["seed"] for name, c in configs.items()} == {
+        f"output_model_Tiny-Qwen3-VL_{label}_seed{seed}": seed for label in ("+M+A", "Base", "abl-all-ours") for seed in (1, 3)
+    }
+    # Each ablation twin links to the Table 2 run of its own seed.
+    assert configs["output_model_Tiny-Qwen3-VL_abl-all-ours_seed1"]["same_as"] == "output_model_Tiny-Qwen3-VL_+M+A_seed1"
+    assert load_run(runs / "output_model_Tiny-Qwen3-VL_Base_seed3").training_run["seed"] == 3
+    # Another seed is another data order: the first logged losses differ.
+    first = [_log(runs / f"output_model_Tiny-Qwen3-VL_Base_seed{s}")[0]["ce"] for s in (1, 3)]
+    assert first[0] != first[1]
+    both = runner.invoke(app, [*common, "--variant", "base", "--seeds", "1", "--seed", "2"])
+    assert both.exit_code == 1 and "not both" in both.output
+    bad = runner.invoke(app, [*common, "--variant", "base", "--seeds", "0,x"])
+    assert bad.exit_code == 1 and "found 'x'" in bad.output
+    one_dir = runner.invoke(app, [*common, "--variant", "base", "--seeds", "1,2", "--output-dir", str(tmp_path / "one")])
+    assert one_dir.exit_code == 1 and "several models, variants or seeds" in one_dir.output
+
+
 def test_zero2_on_cpu_with_two_ranks(tmp_path, shapes_dir, small_data):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

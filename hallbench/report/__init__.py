@@ -3,7 +3,7 @@
     collect.py    find training and evaluation runs, the long DataFrame (value, n, CI, paired test per cell)
     bootstrap.py  bootstrap CIs and paired significance, recomputed from predictions.jsonl
     tables.py     table2, ablation_injection, ablation_loss, decoding, pope_detail -> Markdown and LaTeX
-    plots.py      training curves, POPE F1 / yes ratio
+    plots.py      training curves (and the pretraining they start from), POPE F1 / yes ratio, per-seed values
 
 :func:`run_report` is what ``hallbench report`` calls. The output is deterministic: the same runs,
 seed and number of resamples give byte-identical files (no timestamps are written), so a report can
@@ -12,6 +12,7 @@ be committed and diffed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,38 +149,92 @@ def _missing_md(table: Table) -> list[str]:
 
 def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Skipped]) -> list[tuple[Path, str]]:
     from hallbench.report.collect import variant_rank
-    from hallbench.report.plots import plot_pope, plot_training_curves, read_train_log
+    from hallbench.report.plots import plot_pope, plot_seeds, plot_training_curves
     from hallbench.report.tables import _slug
 
     written: list[tuple[Path, str]] = []
     names: set[str] = set()
-    trainings: list[TrainingRun] = sorted(found.trainings, key=lambda t: (t.model, variant_rank(t.variant), rel(t.path)))
-    for run in trainings:
-        log = run.path / "train_log.jsonl"
-        if not log.is_file():
-            warnings.append(Skipped(run.path, "no train_log.jsonl: no training curves"))
-            continue
-        records, problems = read_train_log(log)
-        warnings.extend(Skipped(run.path, p) for p in problems)
-        if not records:
-            warnings.append(Skipped(run.path, "train_log.jsonl has no usable record: no training curves"))
-            continue
-        stem = f"train_{_slug(run.model)}_{_slug(run.variant_label)}"
+
+    def unique(stem: str) -> str:
         name, k = stem, 2
-        while name in names:  # two training runs of the same variant (a re-run): keep both plots
+        while name in names:  # two training runs of the same variant (a re-run, another seed): keep both plots
             name, k = f"{stem}_{k}", k + 1
         names.add(name)
+        return name
+
+    trainings: list[TrainingRun] = sorted(found.trainings, key=lambda t: (t.model, variant_rank(t.variant), rel(t.path)))
+    for run in trainings:
+        records = _train_log(run.path, warnings)
+        if records is None:
+            continue
+        seed = (run.config.get("train") or {}).get("seed") if (run.config.get("train") or {}).get("seed_in_folder") else None
+        stem = f"train_{_slug(run.model)}_{_slug(run.variant_label)}" + (f"_seed{seed}" if seed is not None else "")
         source = f"training run {rel(run.path)} (git {_short(run.git_commit)}, {run.created or 'date unknown'})"
-        path = out / f"{name}.png"
-        plot_training_curves(run, records, path, provenance=source)
-        written.append((path, source))
+        path = out / f"{unique(stem)}.png"
+        title = f"{run.model} / {run.variant_label}" + (f" / seed {seed}" if seed is not None else "") + ": training losses"
+        if plot_training_curves(title, records, path, provenance=source):
+            written.append((path, source))
+    for folder, config in _starting_points(found):
+        records = _train_log(folder, warnings)
+        if records is None:
+            continue
+        source = f"the training run {folder} that the runs above start from (git {_short(config.get('git_commit'))})"
+        display = (config.get("model") or {}).get("display_name") or folder.name
+        path = out / f"{unique(f'pretrain_{_slug(folder.name)}')}.png"
+        title = f"{display} trained into {folder.name} (the starting point of the fine-tuned runs): losses"
+        if plot_training_curves(title, records, path, provenance=source):
+            written.append((path, source))
     labels = {r.variant: r.variant_label for r in found.evals}
-    pope_runs = sorted({row.run for row in frame.itertuples() if row.bench == "pope" and row.decoding == "greedy"})
+    greedy_pope = frame[(frame.bench == "pope") & (frame.decoding == "greedy") & ~frame.per_seed.astype(bool)]
+    pope_runs = sorted({path for runs in greedy_pope.run for path in str(runs).split(";")})
     source = "evaluation runs " + ", ".join(pope_runs)
     path = out / "pope_f1_yes_ratio.png"
     if plot_pope(frame, path, labels=labels, provenance=source):
         written.append((path, source))
+    several = frame[(frame.n_seeds > 1) & ~frame.per_seed.astype(bool) & (frame.decoding == "greedy")]
+    seed_runs = sorted({path for runs in several.run for path in str(runs).split(";")})
+    source = "evaluation runs " + ", ".join(seed_runs)
+    path = out / "seeds.png"
+    if plot_seeds(frame, path, labels=labels, provenance=source):
+        written.append((path, source))
     return written
+
+
+def _train_log(folder: Path, warnings: list[Skipped]) -> list[dict] | None:
+    """The records of ``folder/train_log.jsonl``, or None (with a warning) when there are none."""
+    from hallbench.report.plots import read_train_log
+
+    log = folder / "train_log.jsonl"
+    if not log.is_file():
+        warnings.append(Skipped(folder, "no train_log.jsonl: no training curves"))
+        return None
+    records, problems = read_train_log(log)
+    warnings.extend(Skipped(folder, p) for p in problems)
+    if not records:
+        warnings.append(Skipped(folder, "train_log.jsonl has no usable record: no training curves"))
+        return None
+    return records
+
+
+def _starting_points(found: RunSet) -> list[tuple[Path, dict]]:
+    """hallbench training runs outside ``--runs`` that the training runs found were fine-tuned from (the
+    demo's pretraining, or a user's own stage-1 run): the folder their ``model.path`` names, when it
+    holds a ``hallbench_config.json``."""
+    inside = {t.path.resolve() for t in found.trainings}
+    points: dict[Path, dict] = {}
+    for training in found.trainings:
+        path = (training.config.get("model") or {}).get("path")
+        if not path:
+            continue
+        folder = Path(path)
+        config_path = folder / "hallbench_config.json"
+        if folder.resolve() in inside or folder in points or not config_path.is_file():
+            continue
+        try:
+            points[folder] = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unreadable starting point loses its plot, not the report
+    return sorted(points.items(), key=lambda item: str(item[0]))
 
 
 def _index(result: ReportResult, found: RunSet, plots, runs: Path, rel, n_resamples: int, seed: int) -> str:

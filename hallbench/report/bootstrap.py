@@ -33,7 +33,16 @@ Method (documented in ``docs/report.md``):
   so the marks use the permutation test.
 - **Multiplicity**: the tables mark a cell when its permutation p-value stays below 0.05 after the
   Holm correction over every cell of that table that is tested against Base (:func:`holm`).
-- **Seeds**: each computation gets its own ``numpy.random.Generator`` seeded from the user's seed and
+- **Several training seeds** in one cell: the value is the mean over the seeds' runs; its interval
+  is the cluster bootstrap of that mean (the same images drawn for every seed: the uncertainty from
+  the choice of images, not from the seeds, whose spread is the standard deviation reported beside
+  it). The paired test pools the seed pairs (seed s of the variant against seed s of Base): each
+  (seed, image) is one unit of the permutation, and the statistic is the metric over the pooled
+  pairs (for accuracy and CHAIRs, exactly the mean over seeds). It asks whether these trained
+  models differ on these images; whether the method's effect exceeds the seed-to-seed spread is
+  the one-sample t-test over the per-seed differences (``seed_t_p``), which with three seeds can
+  only find a large and consistent effect.
+- **Seeds of the resampling**: each computation gets its own ``numpy.random.Generator`` seeded from the user's seed and
   a stable hash of what is being resampled (model, variant, bench, split, decoding), so a number does
   not change when other runs are added to the folder or the folder is moved.
 """
@@ -235,6 +244,33 @@ def _interval(values: np.ndarray) -> Interval:
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return Interval(float(low), float(high))
+
+
+def stack_tables(tables: dict[str, SampleTable]) -> SampleTable:
+    """One table of several runs' rows (one per seed): ids and groups prefixed ``<label>/``, so that
+    a resample or permutation unit is one image of one run."""
+    ids, groups, components = [], [], {}
+    for label, table in tables.items():
+        ids += [f"{label}/{sid}" for sid in table.ids]
+        groups += [f"{label}/{g}" for g in (table.groups if table.groups is not None else table.ids)]
+    for name in next(iter(tables.values())).components:
+        components[name] = np.concatenate([t.components[name] for t in tables.values()])
+    return SampleTable(ids, components, groups)
+
+
+def bootstrap_ci_of_mean(
+    tables: list[SampleTable], metrics: dict[str, RatioMetric], *, n_resamples: int, seed: np.random.SeedSequence
+) -> dict[str, Interval]:
+    """95% interval of the mean over ``tables`` (several seeds' runs on the same samples), resampling
+    the samples they share with the same draws for every table."""
+    others = [set(t.ids) for t in tables[1:]]
+    shared = [sid for sid in tables[0].ids if all(sid in ids for ids in others)] if tables else []
+    if not shared or n_resamples < 1:
+        return {name: Interval(None, None) for name in metrics}
+    aligned = [t.subset(shared) for t in tables]
+    aligned = [SampleTable(t.ids, t.components, aligned[0].groups) for t in aligned]
+    draws = _resampled(aligned, metrics, n_resamples, np.random.default_rng(seed))
+    return {name: _interval(np.mean([d[name] for d in draws], axis=0)) for name in metrics}
 
 
 def bootstrap_ci(

@@ -16,8 +16,12 @@ hallbench training run). A run without ``training_run`` evaluated a pretrained m
 tables (Table 2 and the ablations), and the report lists it with that reason.
 
 A folder that cannot be read (a missing or corrupt ``summary.json``, a corrupt config) is listed in
-``skipped`` with the reason and left out; it never stops the report. Two runs claiming the same cell
-(same model, variant, bench, split and decoding) are an error naming both, unless ``prefer="newest"``.
+``skipped`` with the reason and left out; it never stops the report.
+
+A cell (model, variant, bench, split, decoding) holds one run per **training seed**: the runs of
+``hallbench train --seeds 0,1,2`` share their cells, and the report shows their mean and standard
+deviation (``bootstrap.py`` says how intervals and tests treat seeds). Two runs of the same seed
+claiming one cell are an error naming both, unless ``prefer="newest"``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ import pandas as pd
 
 from hallbench.errors import HallbenchError
 from hallbench.eval.engine import DECODINGS as ENGINE_DECODINGS
-from hallbench.report.bootstrap import RatioMetric, SampleTable, bootstrap_ci, paired_test, point, stable_seed
+from hallbench.report.bootstrap import (
+    RatioMetric,
+    SampleTable,
+    bootstrap_ci,
+    bootstrap_ci_of_mean,
+    paired_test,
+    point,
+    stable_seed,
+    stack_tables,
+)
 from hallbench.runfolder import read_appended_jsonl
 
 PRETRAINED = "pretrained"
@@ -116,6 +129,14 @@ class EvalRun:
     training_path: Path | None
     git_commit: str | None
     created: str | None
+    seed: int | None = None
+    """The training seed of the evaluated run (None: a pretrained model, or a run that does not record it)."""
+
+
+CellKey = tuple[str, str, str, str, str]
+"""``(model, variant, bench, split, decoding)``."""
+Cells = dict[CellKey, list[EvalRun]]
+"""Each cell's runs, one per training seed, in seed order."""
 
 
 @dataclass
@@ -251,6 +272,7 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
             training_path=Path(training["path"]) if training.get("path") else None,
             git_commit=config.get("git_commit"),
             created=config.get("created"),
+            seed=_training_seed(training),
         )
         if run.table not in PAPER_TABLES:
             found.excluded.append(Skipped(folder, f"variant {variant_name!r} belongs to no paper table (table {run.table!r})"))
@@ -284,6 +306,18 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
     found.evals.append(run)
 
 
+def _training_seed(training: dict) -> int | None:
+    """``training_run.seed`` (recorded since seeds became a dimension), else the training run's own config."""
+    seed = training.get("seed")
+    if seed is None and training.get("path"):
+        for folder in (Path(training["path"]), Path(training["path"]).parent):  # a run, or one of its checkpoint-N
+            config, problem = _read_json(folder / "hallbench_config.json")
+            if problem is None and isinstance(config, dict):
+                seed = (config.get("train") or {}).get("seed")
+                break
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def _summary_problem(bench: object, summary: object) -> str | None:
     """Why a summary cannot be used, or None."""
     if bench not in METRICS:
@@ -313,12 +347,13 @@ def _splits(bench: str, summary: dict) -> list[str]:
 # Cells: who claims what
 
 
-def cell_key(run: EvalRun, split: str) -> tuple[str, str, str, str, str]:
+def cell_key(run: EvalRun, split: str) -> CellKey:
     return (run.model, run.variant, run.bench, split, run.decoding)
 
 
-def resolve_claims(found: RunSet, prefer: str | None = None) -> dict[tuple[str, str, str, str, str], EvalRun]:
-    """The run that provides each cell; two claimants are an error unless ``prefer == "newest"``.
+def resolve_claims(found: RunSet, prefer: str | None = None) -> Cells:
+    """The runs that provide each cell, one per training seed; two runs of one seed are an error unless
+    ``prefer == "newest"``.
 
     Newest is by the ``created`` time in ``config.json`` (ISO 8601, so string order is time order),
     then by the modification time of ``summary.json``. A run that loses every cell it claimed is
@@ -326,27 +361,46 @@ def resolve_claims(found: RunSet, prefer: str | None = None) -> dict[tuple[str, 
     """
     if prefer not in (None, "newest"):
         raise HallbenchError(f"unknown --prefer {prefer!r}; the only choice is 'newest'")
-    owner: dict[tuple[str, str, str, str, str], EvalRun] = {}
+    owner: dict[tuple[CellKey, int | None], EvalRun] = {}
     for run in found.evals:
         for split in run.splits:
-            key = cell_key(run, split)
-            other = owner.get(key)
+            claim = (cell_key(run, split), run.seed)
+            other = owner.get(claim)
             if other is None:
-                owner[key] = run
+                owner[claim] = run
                 continue
             if prefer is None:
-                model, variant, bench, split_name, decoding = key
+                model, variant, bench, split_name, decoding = claim[0]
                 where = f"{bench}" + (f" {split_name}" if split_name != ALL else "")
+                seed = f" / seed {run.seed}" if run.seed is not None else ""
                 raise HallbenchError(
-                    f"two runs claim the same cell ({model} / {variant} / {where} / {decoding}): {other.path} and {run.path}; "
+                    f"two runs claim the same cell ({model} / {variant} / {where} / {decoding}{seed}): {other.path} and {run.path}; "
                     "move one out of --runs, or pass --prefer newest"
                 )
-            owner[key] = max((other, run), key=_age)
+            owner[claim] = max((other, run), key=_age)
     kept = {id(r) for r in owner.values()}
     found.replaced.extend(
         Skipped(r.path, "every cell it claims comes from a newer run (--prefer newest)") for r in found.evals if id(r) not in kept
     )
-    return owner
+    cells: Cells = {}
+    for (key, _seed), run in sorted(owner.items(), key=lambda item: (item[0][0], _seed_order(item[0][1]))):
+        cells.setdefault(key, []).append(run)
+    return cells
+
+
+def _seed_order(seed: int | None) -> tuple[bool, int]:
+    return (seed is not None, seed or 0)
+
+
+def seed_pairs(runs: list[EvalRun], base_runs: list[EvalRun] | None) -> list[tuple[EvalRun, EvalRun]]:
+    """The (variant run, Base run) pairs a paired test compares: runs of the same training seed; one run
+    on each side is a pair whatever its seeds (a single comparison, as before seeds were a dimension)."""
+    if not base_runs:
+        return []
+    if len(runs) == 1 and len(base_runs) == 1:
+        return [(runs[0], base_runs[0])]
+    by_seed = {b.seed: b for b in base_runs}
+    return [(r, by_seed[r.seed]) for r in runs if r.seed in by_seed]
 
 
 def _age(run: EvalRun) -> tuple[str, float]:
@@ -466,21 +520,24 @@ def summary_n(run: EvalRun, split: str) -> int | None:
 FRAME_COLUMNS = [
     "run", "model", "variant", "variant_label", "table", "bench", "split", "decoding", "metric", "value", "n", "ci_low", "ci_high",
     "higher_is_better", "base_run", "n_paired", "n_images", "delta", "delta_low", "delta_high", "p_value", "mcnemar_p", "significant",
-    "git_commit", "created",
+    "seed", "n_seeds", "seed_sd", "seed_t_p", "per_seed", "git_commit", "created",
 ]  # fmt: skip
+"""``seed``: the training seed of a one-run cell or of a per-seed row; ``n_seeds``, ``seed_sd`` (standard
+deviation across seeds) and ``seed_t_p`` (t-test of the per-seed differences from Base) on a cell's
+row; ``per_seed``: True for the rows of each seed of a several-seed cell, whose own row holds the mean."""
 
 
 @dataclass
 class Collected:
     frame: pd.DataFrame
-    """One row per (run, split, metric); see FRAME_COLUMNS."""
-    cells: dict[tuple[str, str, str, str, str], EvalRun]
+    """One row per (cell, metric), plus one per seed of each several-seed cell; see FRAME_COLUMNS."""
+    cells: Cells
     warnings: list[Skipped]
 
 
 def build_frame(
     found: RunSet,
-    cells: dict[tuple[str, str, str, str, str], EvalRun],
+    cells: Cells,
     *,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -503,14 +560,12 @@ def build_frame(
                 warnings.append(Skipped(run.path, f"{err}: values shown without confidence intervals"))
         return records[id(run)]
 
-    tables: dict[tuple, SampleTable | None] = {}
+    tables: dict[tuple[int, str], SampleTable | None] = {}
 
-    def table_of(key: tuple) -> SampleTable | None:
-        # The samples behind a cell, or None when they are unavailable or do not reproduce summary.json
-        # (then a CI would describe other numbers than those shown).
-        if key not in tables:
-            run = cells[key]
-            split = key[3]
+    def table_of(run: EvalRun, split: str) -> SampleTable | None:
+        # The samples behind a run's cell, or None when they are unavailable or do not reproduce
+        # summary.json (then a CI would describe other numbers than those shown).
+        if (id(run), split) not in tables:
             recs = records_of(run)
             table = None
             if recs is not None:
@@ -532,69 +587,139 @@ def build_frame(
                             )
                             table = None
                             break
-            tables[key] = table
-        return tables[key]
+            tables[(id(run), split)] = table
+        return tables[(id(run), split)]
+
+    def paired(pairs: list[tuple[EvalRun, EvalRun]], split: str, metrics: dict[str, RatioMetric], name: str) -> dict:
+        sides = [(table_of(v, split), table_of(b, split)) for v, b in pairs]
+        if not pairs or any(v is None or b is None for v, b in sides):
+            return {}
+        if len(pairs) == 1:
+            variant_table, base_table = sides[0]
+        else:
+            labels = [f"seed{v.seed}" for v, _ in pairs]
+            variant_table = stack_tables({label: v for label, (v, _) in zip(labels, sides, strict=True)})
+            base_table = stack_tables({label: b for label, (_, b) in zip(labels, sides, strict=True)})
+        return paired_test(variant_table, base_table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "paired|" + name))
 
     rows = []
     for key in sorted(cells, key=_cell_order):
-        run = cells[key]
+        runs = cells[key]
         model, variant, bench, split, decoding = key
         metrics = METRICS[bench]
-        table = table_of(key)
-        name = _seed_key(run, key)
-        cis = bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name)) if table is not None else {}
-        base_key = (model, "base", bench, split, decoding)
-        paired = {}
-        base_run = cells.get(base_key) if variant != "base" else None
-        if base_run is not None:
-            base_table = table_of(base_key)
-            if table is not None and base_table is not None:
-                paired = paired_test(table, base_table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "paired|" + name))
+        base_runs = cells.get((model, "base", bench, split, decoding)) if variant != "base" else None
+        pairs = seed_pairs(runs, base_runs)
+        name = _seed_key(runs, key)
+        common = {"model": model, "variant": variant, "variant_label": runs[0].variant_label, "table": runs[0].table,
+                  "bench": bench, "split": split, "decoding": decoding}  # fmt: skip
+        per_run_values = [{m: summary_value(r, split, m) for m in metrics} for r in runs]
+        if len(runs) > 1:
+            for run, values in zip(runs, per_run_values, strict=True):
+                table = table_of(run, split)
+                run_name = _seed_key([run], key)
+                cis = (
+                    bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + run_name))
+                    if table is not None
+                    else {}
+                )
+                own_pair = [p for p in pairs if p[0] is run]
+                tests = paired(own_pair, split, metrics, run_name)
+                for metric in metrics:
+                    rows.append(
+                        _frame_row(
+                            common,
+                            metric,
+                            values[metric],
+                            summary_n(run, split),
+                            cis.get(metric),
+                            tests.get(metric),
+                            [run],
+                            own_pair,
+                            relative,
+                            per_seed=True,
+                        )  # fmt: skip
+                    )
+        available = [table_of(r, split) for r in runs]
+        if len(runs) == 1:
+            table = available[0]
+            cis = bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name)) if table is not None else {}
+        elif all(t is not None for t in available):
+            cis = bootstrap_ci_of_mean(available, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name))  # type: ignore[arg-type]
+        else:
+            cis = {}
+        tests = paired(pairs, split, metrics, name)
         for metric in metrics:
-            ci = cis.get(metric)
-            test = paired.get(metric)
-            rows.append(
-                {
-                    "run": relative(run.path),
-                    "model": model,
-                    "variant": variant,
-                    "variant_label": run.variant_label,
-                    "table": run.table,
-                    "bench": bench,
-                    "split": split,
-                    "decoding": decoding,
-                    "metric": metric,
-                    "value": summary_value(run, split, metric),
-                    "n": summary_n(run, split),
-                    "ci_low": ci.low if ci else None,
-                    "ci_high": ci.high if ci else None,
-                    "higher_is_better": higher_is_better(run, metric),
-                    "base_run": relative(base_run.path) if base_run is not None else None,
-                    "n_paired": test.n_paired if test else None,
-                    "n_images": test.n_groups if test else None,
-                    "delta": test.delta if test else None,
-                    "delta_low": test.low if test else None,
-                    "delta_high": test.high if test else None,
-                    "p_value": test.p_value if test else None,
-                    "mcnemar_p": test.mcnemar_p if test else None,
-                    "significant": test.significant if test else None,
-                    "git_commit": run.git_commit,
-                    "created": run.created,
-                }
+            values = [v[metric] for v in per_run_values if v[metric] is not None]
+            value = float(np.mean(values)) if len(values) == len(runs) else None
+            row = _frame_row(
+                common, metric, value, summary_n(runs[0], split), cis.get(metric), tests.get(metric), runs, pairs, relative, per_seed=False
             )
+            if len(runs) > 1:
+                row["seed_sd"] = float(np.std(values, ddof=1)) if value is not None else None
+                row["seed_t_p"] = _seed_t_p([(summary_value(v, split, metric), summary_value(b, split, metric)) for v, b in pairs])
+            rows.append(row)
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     return Collected(frame=frame, cells=cells, warnings=_dedupe(warnings))
 
 
-def _seed_key(run: EvalRun, key: tuple[str, str, str, str, str]) -> str:
-    """What a cell's bootstrap is seeded from: the run's identity (model, method settings, bench, split,
-    decoding), not its row label, so that two presets with one configuration (``ma`` and
-    ``abl-all-ours``) get the same intervals from the same answers."""
+def _frame_row(
+    common: dict, metric: str, value: float | None, n: int | None, ci: Any, test: Any, runs: list[EvalRun],
+    pairs: list[tuple[EvalRun, EvalRun]], relative: Callable[[Path], str], *, per_seed: bool,
+) -> dict[str, Any]:  # fmt: skip
+    first = runs[0]
+    return {
+        **common,
+        "run": ";".join(relative(r.path) for r in runs),
+        "metric": metric,
+        "value": value,
+        "n": n,
+        "ci_low": ci.low if ci else None,
+        "ci_high": ci.high if ci else None,
+        "higher_is_better": higher_is_better(first, metric),
+        "base_run": ";".join(relative(b.path) for _, b in pairs) or None,
+        "n_paired": test.n_paired if test else None,
+        "n_images": test.n_groups if test else None,
+        "delta": test.delta if test else None,
+        "delta_low": test.low if test else None,
+        "delta_high": test.high if test else None,
+        "p_value": test.p_value if test else None,
+        "mcnemar_p": test.mcnemar_p if test else None,
+        "significant": test.significant if test else None,
+        "seed": first.seed if len(runs) == 1 else None,
+        "n_seeds": len(runs),
+        "seed_sd": None,
+        "seed_t_p": None,
+        "per_seed": per_seed,
+        "git_commit": most_common([r.git_commit for r in runs]),
+        "created": max((r.created for r in runs if r.created), default=None),
+    }
+
+
+def _seed_t_p(pairs: list[tuple[float | None, float | None]]) -> float | None:
+    """Two-sided one-sample t-test that the per-seed differences from Base have mean 0 (scipy.stats)."""
+    from scipy.stats import ttest_1samp
+
+    deltas = [v - b for v, b in pairs if v is not None and b is not None]
+    if len(deltas) < 2:
+        return None
+    if np.ptp(deltas) == 0:  # no spread: t is undefined (0/0 when every difference is 0)
+        return 1.0 if deltas[0] == 0 else 0.0
+    return float(ttest_1samp(deltas, 0.0).pvalue)
+
+
+def _seed_key(runs: list[EvalRun], key: CellKey) -> str:
+    """What a cell's bootstrap is seeded from: its runs' identity (model, method settings, training
+    seeds, bench, split, decoding), not its row label, so that two presets with one configuration
+    (``ma`` and ``abl-all-ours``) get the same intervals from the same answers."""
     model, variant, bench, split, decoding = key
+    run = runs[0]
     training = run.config.get("backend", {}).get("training_run") if isinstance(run.config.get("backend"), dict) else None
     evidence = training.get("evidence") if isinstance(training, dict) else None
     method = evidence if evidence is not None else {"variant": variant, "model": run.model_ref}
-    return json.dumps({"model": model, "method": method, "bench": bench, "split": split, "decoding": decoding}, sort_keys=True)
+    identity = {"model": model, "method": method, "bench": bench, "split": split, "decoding": decoding}
+    if len(runs) > 1 or run.seed is not None:
+        identity["seeds"] = [r.seed for r in runs]
+    return json.dumps(identity, sort_keys=True)
 
 
 def _dedupe(items: list[Skipped]) -> list[Skipped]:
@@ -606,7 +731,7 @@ def _dedupe(items: list[Skipped]) -> list[Skipped]:
     return out
 
 
-def _cell_order(key: tuple[str, str, str, str, str]) -> tuple:
+def _cell_order(key: CellKey) -> tuple:
     model, variant, bench, split, decoding = key
     return (model, variant_rank(variant), variant, bench, split_rank(split), DECODINGS.index(decoding) if decoding in DECODINGS else 9)
 

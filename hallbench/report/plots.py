@@ -1,4 +1,5 @@
-"""Plots (matplotlib, Agg backend, PNG): training curves per run, POPE F1 and yes ratio per variant.
+"""Plots (matplotlib, Agg backend, PNG): training curves per run (and of the pretraining a run started
+from, when that is a hallbench run too), POPE F1 and yes ratio per variant, per-seed values.
 
 Each PNG carries its provenance in its metadata (``Description``: the runs it was drawn from), and
 ``index.md`` lists the same under the image.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hallbench.report.collect import POPE_SPLITS, TrainingRun, variant_rank
+from hallbench.report.collect import POPE_SPLITS, variant_rank
 from hallbench.runfolder import atomic_path
 
 LOSSES = (("ce", "CE"), ("l_orth", "L_orth"), ("l_ctr", "L_ctr"))
@@ -44,35 +45,48 @@ def read_train_log(path: Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-def plot_training_curves(run: TrainingRun, records: list[dict], out: Path, *, provenance: str) -> None:
-    """CE, L_orth and L_ctr against the step, one panel each (their scales differ by orders of magnitude)."""
+def plot_training_curves(title: str, records: list[dict], out: Path, *, provenance: str) -> bool:
+    """One panel per loss term the run logged (CE, L_orth, L_ctr: their scales differ by orders of
+    magnitude) against the step; a term a variant does not use (null in every record) gets no panel.
+    Returns False (no file) when no record has any loss."""
+    present = [(key, name) for key, name in LOSSES if any(isinstance(r.get(key), int | float) for r in records)]
+    if not present:
+        return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(LOSSES), figsize=(12, 3.4), constrained_layout=True)
-    for ax, (key, name) in zip(axes, LOSSES, strict=True):
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.4), squeeze=False, constrained_layout=True)
+    for ax, (key, name) in zip(axes[0], present, strict=True):
         points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, marker="." if len(points) < 30 else None, color="C0")
-        else:
-            # null in every record: the variant has no such term (lambda = 0), which is information, not an error.
-            ax.text(0.5, 0.5, f"no {name}\n(not used by this variant)", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="." if len(points) < 30 else None, color="C0")
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{run.model} / {run.variant_label}: training losses")
+    fig.suptitle(title)
     with atomic_path(out) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=100, metadata={"Title": f"training curves {run.model} {run.variant_label}", "Description": provenance}
-        )
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": title, "Description": provenance})
     plt.close(fig)
+    return True
+
+
+def zoomed_limits(
+    lows: list[float], highs: list[float], *, also: tuple[float, ...] = (), floor: float = 0.0, ceiling: float = 100.0
+) -> tuple[float, float]:
+    """A value axis around the data (interval ends and reference lines) with a 15% margin, within [floor, ceiling]:
+    differences of a point or two between variants must be visible, not flattened against a 0-100 axis."""
+    points = [*lows, *highs, *also]
+    low, high = min(points), max(points)
+    margin = max(0.15 * (high - low), 1.0)
+    return max(floor, low - margin), min(ceiling, high + margin)
 
 
 def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
-    """POPE F1 and yes ratio per variant (bars per split, 95% CI whiskers), one row of panels per model.
-
-    Greedy decoding only, as in the paper's tables. Returns False (no file) when there is no POPE number.
+    """POPE F1 and yes ratio per variant (points per split with their 95% CI or, over several seeds,
+    ± the standard deviation across seeds), one row of panels per model, the value axis zoomed to the
+    data. Greedy decoding only, as in the paper's tables. Returns False (no file) when there is no POPE number.
     """
-    data = frame[(frame.bench == "pope") & (frame.decoding == "greedy") & frame.metric.isin(["f1", "yes_ratio"])]
+    data = frame[
+        (frame.bench == "pope") & (frame.decoding == "greedy") & frame.metric.isin(["f1", "yes_ratio"]) & ~frame.per_seed.astype(bool)
+    ]
     if data.empty:
         return False
     plt = _pyplot()
@@ -81,30 +95,97 @@ def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provena
     for row, model in zip(axes, models, strict=True):
         subset = data[data.model == model]
         variants = sorted(subset.variant.unique(), key=lambda v: (variant_rank(v), v))
-        width = 0.8 / len(POPE_SPLITS)
+        offset = 0.6 / len(POPE_SPLITS)
         for ax, metric, name in ((row[0], "f1", "F1 (%)"), (row[1], "yes_ratio", "Yes ratio (%)")):
+            lows, highs = [], []
             for k, split in enumerate(POPE_SPLITS):
-                xs, heights, errors = [], [], [[], []]
+                xs, values, errors = [], [], [[], []]
                 for i, variant in enumerate(variants):
                     hit = subset[(subset.variant == variant) & (subset.split == split) & (subset.metric == metric)]
                     if hit.empty or pd.isna(hit.value.iloc[0]):
                         continue
-                    value, low, high = hit.value.iloc[0], hit.ci_low.iloc[0], hit.ci_high.iloc[0]
-                    xs.append(i + (k - 1) * width)
-                    heights.append(value)
-                    errors[0].append(0.0 if pd.isna(low) else max(0.0, value - low))
-                    errors[1].append(0.0 if pd.isna(high) else max(0.0, high - value))
+                    entry = hit.iloc[0]
+                    low, high = _error_bounds(entry)
+                    xs.append(i + (k - 1) * offset)
+                    values.append(entry.value)
+                    errors[0].append(entry.value - low)
+                    errors[1].append(high - entry.value)
+                    lows.append(low)
+                    highs.append(high)
                 if xs:
-                    ax.bar(xs, heights, width, yerr=errors, capsize=3, label=split, color=f"C{k}")
+                    ax.errorbar(xs, values, yerr=errors, fmt="o", capsize=3, label=split, color=f"C{k}")
+            reference = (50.0,) if metric == "yes_ratio" else ()
             if metric == "yes_ratio":
                 ax.axhline(50, color="0.3", linestyle="--", linewidth=1, label="50% (POPE labels)")
+            if lows:
+                ax.set_ylim(*zoomed_limits(lows, highs, also=reference))
             ax.set_xticks(range(len(variants)), [labels.get(v, v) for v in variants], rotation=20, ha="right")
-            ax.set_ylim(0, 118)  # headroom above 100% for the legend, which must not hide a bar
+            ax.set_xlim(-0.6, len(variants) - 0.4)
             ax.set_ylabel(name)
             ax.set_title(f"{model}: POPE {name.split(' (')[0]}")
             ax.grid(axis="y", alpha=0.3)
-            ax.legend(fontsize=8, loc="upper center", ncol=4, frameon=False)
+            ax.legend(fontsize=8, loc="best", ncol=2, frameon=True, framealpha=0.8)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Title": "POPE F1 and yes ratio per variant", "Description": provenance})
+    plt.close(fig)
+    return True
+
+
+def _error_bounds(entry: object) -> tuple[float, float]:
+    """The whisker of a frame row: ± the seeds' standard deviation over several seeds, else its 95% CI
+    (the value itself when there is neither)."""
+    value = float(entry.value)  # type: ignore[attr-defined]
+    sd = getattr(entry, "seed_sd", None)
+    if getattr(entry, "n_seeds", 1) and int(entry.n_seeds) > 1 and sd is not None and not pd.isna(sd):  # type: ignore[attr-defined]
+        return value - float(sd), value + float(sd)
+    low, high = entry.ci_low, entry.ci_high  # type: ignore[attr-defined]
+    return (value if pd.isna(low) else min(value, float(low))), (value if pd.isna(high) else max(value, float(high)))
+
+
+SEED_METRICS = (
+    ("pope", "random", "accuracy", "POPE random Acc"),
+    ("pope", "adversarial", "accuracy", "POPE adversarial Acc"),
+    ("chair", "all", "chair_s", "CHAIRs"),
+    ("chair", "all", "chair_i", "CHAIRi"),
+)
+
+
+def plot_seeds(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
+    """Per-seed values (dots) and their mean (bar) per variant for the paper's main metrics, greedy
+    decoding, one row of panels per model. Returns False (no file) when no cell has several seeds."""
+    greedy = frame[frame.decoding == "greedy"]
+    several = greedy[(greedy.n_seeds > 1) & ~greedy.per_seed.astype(bool)]
+    if several.empty:
+        return False
+    plt = _pyplot()
+    models = sorted(several.model.unique())
+    # Only the metrics some several-seed cell has: no empty panel.
+    shown = [m for m in SEED_METRICS if not several[(several.bench == m[0]) & (several.split == m[1]) & (several.metric == m[2])].empty]
+    if not shown:
+        return False
+    fig, axes = plt.subplots(len(models), len(shown), figsize=(4 * len(shown), 3.4 * len(models)), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    for row, model in zip(axes, models, strict=True):
+        for ax, (bench, split, metric, name) in zip(row, shown, strict=True):
+            cells = several[(several.model == model) & (several.bench == bench) & (several.split == split) & (several.metric == metric)]
+            variants = sorted(cells.variant.unique(), key=lambda v: (variant_rank(v), v))
+            points: list[float] = []
+            for i, variant in enumerate(variants):
+                per_seed = greedy[(greedy.model == model) & (greedy.variant == variant) & (greedy.bench == bench)
+                                  & (greedy.split == split) & (greedy.metric == metric) & greedy.per_seed.astype(bool)]  # fmt: skip
+                values = [float(v) for v in per_seed.value if not pd.isna(v)]
+                mean = cells[cells.variant == variant].value.iloc[0]
+                if not pd.isna(mean):
+                    ax.hlines(float(mean), i - 0.3, i + 0.3, color="C0", linewidth=2)
+                ax.scatter([i] * len(values), values, color="C1", zorder=3, s=18)
+                points += values
+            ax.set_xticks(range(len(variants)), [labels.get(v, v) for v in variants], rotation=20, ha="right")
+            if points:
+                ax.set_ylim(*zoomed_limits(points, points))
+            ax.set_title(f"{model}: {name} (%)", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Per-seed values (dots) and their mean (line)")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": "per-seed values", "Description": provenance})
     plt.close(fig)
     return True

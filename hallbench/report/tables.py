@@ -70,6 +70,10 @@ class Cell:
     bold: bool = False
     p_value: float | None = None
     """The paired permutation p-value against Base, before the correction."""
+    n_seeds: int = 1
+    """Training seeds behind the cell: with more than one, ``value`` is their mean."""
+    seed_sd: float | None = None
+    """Standard deviation of the value across the seeds (several seeds only): what ``±`` shows then."""
 
 
 @dataclass
@@ -146,7 +150,9 @@ class Builder:
         self.cells = cells
         self.n_resamples = n_resamples
         self.seed = seed
-        self.by_key = {(r.model, r.variant, r.bench, r.split, r.decoding, r.metric): r for r in frame.itertuples(index=False)}
+        self.by_key = {
+            (r.model, r.variant, r.bench, r.split, r.decoding, r.metric): r for r in frame.itertuples(index=False) if not r.per_seed
+        }
         self.labels: dict[str, str] = {}
         for run in [*found.trainings, *found.evals]:
             self.labels.setdefault(run.variant, run.variant_label)
@@ -178,7 +184,7 @@ class Builder:
         return sorted(models)
 
     def _has(self, bench: str, table: str | None = None) -> bool:
-        return any(r.bench == bench and (table is None or r.table == table) for r in self.cells.values())
+        return any(r.bench == bench and (table is None or r.table == table) for runs in self.cells.values() for r in runs)
 
     def paper_table(self, name: str, title: str, variants: tuple[str, ...]) -> Table:
         columns = _pope_columns((("accuracy", "Acc"), ("f1", "F1"))) + CHAIR_COLUMNS
@@ -210,7 +216,8 @@ class Builder:
                 if entry is None:
                     cells.append(Cell())
                     continue
-                runs[self.cells[(row.model, row.variant, column.bench, split, row.decoding)].path] = None
+                for run in self.cells[(row.model, row.variant, column.bench, split, row.decoding)]:
+                    runs[run.path] = None
                 cells.append(
                     Cell(
                         value=_num(entry.value),
@@ -218,6 +225,8 @@ class Builder:
                         ci_high=_num(entry.ci_high),
                         missing=False,
                         p_value=_num(entry.p_value),
+                        n_seeds=int(entry.n_seeds),
+                        seed_sd=_num(entry.seed_sd),
                     )
                 )
             table.cells.append(cells)
@@ -363,7 +372,10 @@ def cell_text(cell: Cell, *, latex: bool) -> str:
     if cell.value is None:
         return UNDEFINED
     text = f"{cell.value:.1f}"
-    if cell.ci_low is not None and cell.ci_high is not None:
+    if cell.n_seeds > 1:
+        if cell.seed_sd is not None:
+            text += (r" $\pm$ " if latex else " ± ") + f"{cell.seed_sd:.1f}"
+    elif cell.ci_low is not None and cell.ci_high is not None:
         half = (cell.ci_high - cell.ci_low) / 2
         text += (r" $\pm$ " if latex else " ± ") + f"{half:.1f}"
     return text
@@ -390,6 +402,14 @@ def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
         "against Base (ranked metrics only); raw p-values (and exact McNemar for accuracy and CHAIRs) in results.csv.",
         f"{MISSING_MD}: no run provides the cell (see the list below); {UNDEFINED}: the run exists but the metric is undefined.",
     ]
+    seeds = sorted({c.n_seeds for cells in table.cells for c in cells if not c.missing and c.n_seeds > 1})
+    if seeds:
+        lines.insert(
+            1,
+            f"Cells over {'/'.join(map(str, seeds))} training seeds: the mean over the seeds ± their standard deviation (not an "
+            f"interval); {MARK} there pools the seed pairs (seed s against Base's seed s); per-seed values, the bootstrap "
+            "interval of the mean and seed_t_p (t-test of the per-seed differences from Base) are in results.csv.",
+        )
     if table.name in ("table2", "ablation_injection", "ablation_loss"):
         lines.insert(0, "Greedy decoding.")
     if table.name == "ablation_injection":

@@ -67,6 +67,8 @@ class TrainConfig:
     """Log CE, L_orth, L_ctr every N optimizer steps (the seed's 2)."""
     seed: int = 42
     """Seed of initialisation of new modules, data order and dropout."""
+    seed_in_folder: bool = False
+    """Name the run folder ``..._seed<N>`` (``--seeds`` sets it): runs of several seeds side by side."""
     tune_vision: bool = False
     """Train the vision tower (encoder and its projector into the language model); frozen by default."""
     lora_rank: int = 0

@@ -65,6 +65,7 @@ def load_run(path: str | Path, *, dtype: Any = None, device: str = "cpu") -> Any
         "model": run["model"],
         "variant": run["variant"],
         "evidence": run["evidence"],
+        "seed": run.get("train", {}).get("seed"),
         "git_commit": run.get("git_commit"),
     }
     return LoadedModel(

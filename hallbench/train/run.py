@@ -2,7 +2,7 @@
 
 A run folder is self-describing:
 
-    OUTPUT_ROOT/output_model_<model display name>_<variant label>/
+    OUTPUT_ROOT/output_model_<model display name>_<variant label>[_seed<N>]/   (_seed<N> with --seeds)
       hallbench_config.json   model, variant, every method flag, training settings, data path + sha256, versions
       train_log.jsonl         one line per logging step: loss, ce, l_orth, l_ctr, learning rate, grad norm
       checkpoint-N/           one per epoch, or every save_steps (the last save_total_limit complete ones kept), for --resume;
@@ -39,7 +39,9 @@ RUN_FORMAT = "hallbench-run/1"
 PAPER_MODELS = ("qwen2b", "qwen4b", "ministral3b")
 log = logging.getLogger(__name__)
 # Settings that may differ between a run and its continuation without changing the experiment.
-NON_IDENTITY = ("resume", "output_root", "output_dir", "deepspeed", "cache_data", "save_total_limit", "logging_steps")
+NON_IDENTITY = (
+    "resume", "output_root", "output_dir", "deepspeed", "cache_data", "save_total_limit", "logging_steps", "seed_in_folder",
+)  # fmt: skip
 # TrainingArguments (``--set``) that only say when to save: not part of the experiment either.
 NON_IDENTITY_ARGS = ("save_strategy", "save_steps", "report_to")
 # May differ on resume (recorded); a finished run is still identified by the rate it ended with.
@@ -63,14 +65,16 @@ class TrainResult:
 
 
 def run_folder(cfg: TrainConfig) -> Path:
-    """``output_dir``, or OUTPUT_ROOT/output_model_<display name>_<label> as in the seed's scripts."""
+    """``output_dir``, or OUTPUT_ROOT/output_model_<display name>_<label> as in the seed's scripts
+    (``_seed<N>`` appended with ``seed_in_folder``)."""
     if cfg.output_dir is not None:
         return Path(cfg.output_dir)
     from hallbench.models.registry import MODEL_REGISTRY
 
     spec = MODEL_REGISTRY.get(cfg.model)
     display = spec.display_name if spec else Path(cfg.model).name
-    return Path(cfg.output_root) / f"output_model_{display}_{get_preset(cfg.variant).folder_label}"
+    suffix = f"_seed{cfg.seed}" if cfg.seed_in_folder else ""
+    return Path(cfg.output_root) / f"output_model_{display}_{get_preset(cfg.variant).folder_label}{suffix}"
 
 
 def deepspeed_config_path(value: str | None) -> str | None:
@@ -475,15 +479,45 @@ def expand_models(text: str) -> list[str]:
     return names
 
 
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (order kept, repeats dropped); anything but non-negative integers is an error."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise HallbenchError(f"{option} {text!r}: expected a comma list of non-negative integers such as 0,1,2, found {part!r}")
+        if int(part) not in seeds:
+            seeds.append(int(part))
+    if not seeds:
+        raise HallbenchError(f"{option} is empty; give seeds such as 0,1,2")
+    return seeds
+
+
 def run_matrix(
-    cfg: TrainConfig, models: list[str], variants: list[str], *, progress: bool = True, on_result: Any = None
+    cfg: TrainConfig,
+    models: list[str],
+    variants: list[str],
+    *,
+    seeds: list[int] | None = None,
+    progress: bool = True,
+    on_result: Any = None,
 ) -> list[TrainResult]:
-    """Every model x variant in sequence; finished runs are skipped, unfinished ones resumed."""
-    if cfg.output_dir is not None and len(models) * len(variants) > 1:
-        raise HallbenchError("--output-dir names one run folder; with several models or variants use --output-root")
+    """Every model x variant x seed in sequence (seed outermost, so that a first complete seed of the
+    whole table comes first); finished runs are skipped, unfinished ones resumed.
+
+    ``seeds`` (``--seeds 0,1,2``): one run per seed, in folders named ``..._seed<N>``; without it,
+    one run with ``cfg.seed`` in the folder the seed's scripts name.
+    """
+    if seeds is not None and not seeds:
+        raise HallbenchError("--seeds is empty")
+    n_runs = len(models) * len(variants) * len(seeds or [cfg.seed])
+    if cfg.output_dir is not None and n_runs > 1:
+        raise HallbenchError("--output-dir names one run folder; with several models, variants or seeds use --output-root")
+    several = n_runs > 1
+    per_seed = [replace(cfg, seed=s, seed_in_folder=True) for s in seeds] if seeds is not None else [cfg]
     # Every config is built (and so validated) before the first run starts.
-    several = len(models) * len(variants) > 1
-    configs = [replace(cfg, model=m, variant=v, resume=cfg.resume or several) for m in models for v in variants]
+    configs = [replace(c, model=m, variant=v, resume=cfg.resume or several) for c in per_seed for m in models for v in variants]
     results = []
     for one in configs:
         result = run_train(one, progress=progress)
