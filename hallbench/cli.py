@@ -263,7 +263,7 @@ def demo(
         caption = f"greedy decoding; {spread}; † = differs from Base (Holm-corrected, see the legend)"
         _print_grid(table2.title, "Variant", columns, rows, caption)
         for line in result.variation:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         total = sum(s.seconds for s in result.stages)
         console.print(
             f"[bold]demo finished in {total / 60:.1f} min[/]: report {result.report_index}, runs {cfg.study / 'runs'}, evaluations {cfg.study / 'eval'}"

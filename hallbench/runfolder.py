@@ -31,6 +31,9 @@ from hallbench.errors import HallbenchError
 
 LOCK_FILE = ".hallbench.lock"
 """The lock file every stage holds while it writes into a folder; never counts as the folder's content."""
+SCORES_FOLDER = "scores"
+"""``EVAL_RUN/scores/<what differs>/``: an evaluation's answers re-scored with other scoring options
+(summary.json, predictions.jsonl, scoring.json); written by ``hallbench eval``, read by the report."""
 
 
 class FolderLockedError(HallbenchError):

@@ -265,3 +265,68 @@ def test_system_prompt_replaces_the_templates_default(basemodel):
     assert render(qwen, "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
     assert "You are Ministral-3-3B-Instruct-2512" in render(mistral, None)  # the template's own default
     assert render(mistral, "Be brief.") == "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]Is there a cat?[/INST]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt snapshots (lmms-eval's prompt-stability idea): what each benchmark sends to each family
+
+
+PROMPTS = Path(__file__).parent / "fixtures" / "prompts"
+
+
+def _benchmark_prompts(shapes_dir, pope_dir) -> dict[str, str]:
+    from hallbench.eval.run import EvalConfig, evaluation_samples, load_benchmark
+
+    configs = {
+        "pope": EvalConfig(bench="pope", data=pope_dir, out=Path("unused"), split="random"),
+        "chair": EvalConfig(bench="chair", data=shapes_dir, out=Path("unused")),
+        "vqa": EvalConfig(bench="vqa", data=shapes_dir / "eval_vqa.json", images=shapes_dir / "images", out=Path("unused")),
+    }
+    return {bench: evaluation_samples(cfg, load_benchmark(cfg))[0].prompt for bench, cfg in configs.items()}
+
+
+def _snapshot(path: Path, text: str) -> None:
+    import os
+
+    if os.environ.get("HALLBENCH_UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if os.environ.get("HALLBENCH_UPDATE_SNAPSHOTS") != "1":
+            pytest.fail(f"{path} did not exist and was written; check it and commit it")
+    assert text == path.read_text(encoding="utf-8"), (
+        f"the rendered prompts differ from {path}: a prompt, a chat template or the message builder changed. "
+        "If that is intended, bump the benchmark's version and re-run with HALLBENCH_UPDATE_SNAPSHOTS=1"
+    )
+
+
+@pytest.mark.parametrize("name", [*NAMES, "tiny-qwen", "tiny-ministral"])
+def test_prompt_snapshots_per_benchmark_and_family(name, basemodel, shapes_dir, pope_dir):
+    """The exact text each benchmark's first sample becomes after the family's chat template (real
+    tokenizer files for the checkpoint-shaped folders): a change of a prompt, of transformers' template
+    handling or of the message builder shows here, not as a silent shift of the numbers."""
+    from hallbench.eval.engine import chat_messages
+
+    loaded = load_model(str(basemodel / CHECKPOINTS[name]) if name in CHECKPOINTS else name)
+    blocks = []
+    for bench, prompt in _benchmark_prompts(shapes_dir, pope_dir).items():
+        rendered = loaded.processor.apply_chat_template(chat_messages(1, prompt), add_generation_prompt=True)
+        blocks.append(f"=== {bench} ({loaded.family.name}) ===\n{rendered}\n")
+    _snapshot(PROMPTS / f"{name}.txt", "".join(blocks))
+
+
+def test_prompt_snapshot_of_the_openai_backend_request(shapes_dir, pope_dir, monkeypatch):
+    from PIL import Image
+
+    from hallbench.eval.engine import DecodingConfig, OpenAIBackend, Sample
+
+    monkeypatch.setenv("SNAPSHOT_KEY", "not-a-real-key")
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", "served-model", DecodingConfig(), key_env="SNAPSHOT_KEY")
+    image = Image.new("RGB", (4, 4))
+    requests = {}
+    for bench, prompt in _benchmark_prompts(shapes_dir, pope_dir).items():
+        messages = backend.request_messages(Sample("id", [], prompt, {}), [image])
+        url = messages[0]["content"][0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        messages[0]["content"][0]["image_url"]["url"] = "data:image/png;base64,<the image>"
+        requests[bench] = messages
+    _snapshot(PROMPTS / "openai_backend.json", json.dumps(requests, indent=2, ensure_ascii=False) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,6 +54,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     for table in ("table2", "decoding", "pope_detail", "ablation_injection", "ablation_loss"):
         assert (report / f"{table}.md").is_file() and (report / f"{table}.tex").is_file(), table
     assert list(report.glob("*.png")), "no plots"
+    # The pretraining the fine-tuned runs start from has its own curve (it lies outside study/, the report's --runs).
+    assert (report / "pretrain_Tiny-Qwen3-VL-shapes.png").is_file()
+    recorded = json.loads((next(iter(runs.values())) / "hallbench_config.json").read_text())
+    assert Path(recorded["model"]["path"]).is_absolute() and Path(recorded["data"]["train"]).is_absolute()
     index = (report / "index.md").read_text()
     assert "table2.md" in index and ".png" in index
     frame = pd.read_csv(report / "results.csv")

@@ -129,6 +129,14 @@ def test_repope_labels_rescore_against_the_corrected_set_and_count_removed_quest
     assert repope["n_removed"] == 3 and repope["n_samples"] == kept and repope["splits"]["random"]["n"] == kept
     assert repope["pooled"]["accuracy"] == pytest.approx((kept - 2) / kept)  # the oracle answered the old labels
     assert (out / "scores" / "labels-repope" / "summary.json").is_file()
+    # The report reads the re-scoring beside the run's own numbers.
+    from hallbench.report import run_report
+
+    table = run_report(tmp_path / "run", tmp_path / "report", n_resamples=20).tables["pope_scorings"]
+    assert [(c.group, c.label) for c in table.columns] == [(g, m) for g in ("POPE random", "repope random") for m in ("Acc", "F1")]
+    values = [cell.value for cell in table.cells[0]]
+    assert values[0] == pytest.approx(100.0) and values[2] == pytest.approx(100 * (kept - 2) / kept)
+    assert any("3 questions of each run removed" in note for note in table.notes)
     bad = [{**questions[0], "text": "Is there a unicorn in the image?"}]
     (labels / "random.jsonl").write_text(json.dumps(bad[0]) + "\n")
     with pytest.raises(HallbenchError, match=r"question .* asks 'Is there a unicorn in the image\?'.*random.jsonl asks"):

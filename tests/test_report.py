@@ -890,3 +890,71 @@ def test_one_seed_of_a_variant_pairs_with_the_same_seed_of_base(tmp_path):
     row = _row(frame, variant="ours", split="random", metric="accuracy", per_seed=False)
     assert row.n_seeds == 1 and row.seed == 1 and row.base_run == "eval/base_seed1"
     assert row.delta == pytest.approx(100.0 - 75.0) and row.n_paired == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-scored runs: POPE beside RePOPE
+
+
+def rescore_pope(run: Path, name: str, answers: dict, scoring: dict, n_removed: int = 0) -> Path:
+    """``run/scores/<name>/`` as ``hallbench eval`` writes it when only scoring options change."""
+    folder = run / "scores" / name
+    records = pope_records(answers)
+    _jsonl(folder / "predictions.jsonl", records)
+    summary = {"bench": "pope", "scoring": scoring, "n_samples": len(records), "n_errors": 0, "errors": [], **aggregate_pope(records)}
+    if n_removed:
+        summary["n_removed"] = n_removed
+    _dump(folder / "summary.json", summary)
+    _dump(folder / "scoring.json", {"scoring": scoring, "run_scoring": {"parser": "hallbench", "labels": None}, "run": str(run)})
+    return folder
+
+
+def test_pope_and_repope_side_by_side_from_the_runs_scores_folders(tmp_path):
+    runs = tmp_path / "runs"
+    train = runs / "train"
+    paths = {v: training_run(train, v, log=train_log(v)) for v in ("base", "ma", "ours")}
+    repope = {"parser": "hallbench", "labels": "/data/repope"}
+    # The original labels: 10 yes + 10 no. Base answers yes to all (Acc 50), Ours all right (Acc 100).
+    base = eval_pope(runs / "eval" / "base", {"random": yes_no(10, 10, wrong_no=10)}, training=paths["base"], variant="base")
+    ours = eval_pope(runs / "eval" / "ours", {"random": yes_no(10, 10)}, training=paths["ours"], variant="ours")
+    ma = eval_pope(runs / "eval" / "ma", {"random": yes_no(10, 10, wrong_yes=1)}, training=paths["ma"], variant="ma")
+    # RePOPE: two yes-labelled questions removed (ambiguous), so 8 yes + 10 no; one "no" label was wrong for Ours' answer.
+    rescore_pope(base, "labels-repope", {"random": yes_no(8, 10, wrong_no=10)}, repope, n_removed=2)
+    rescore_pope(ours, "labels-repope", {"random": yes_no(8, 10, wrong_no=1)}, repope, n_removed=2)
+    rescore_pope(ma, "parser-official", {"random": yes_no(10, 10, wrong_yes=2)}, {"parser": "official", "labels": None})
+    result = run_report(runs, tmp_path / "report", n_resamples=200)
+    table = result.tables["pope_scorings"]
+    assert [(c.group, c.label) for c in table.columns] == [
+        (g, m) for g in ("POPE random", "repope random", "parser official random") for m in ("Acc", "F1")
+    ]
+    assert [r.labels for r in table.rows] == [("Tiny-Qwen3-VL", v, "Greedy") for v in ("Base", "+M+A", "Ours")]
+    matrix = table.matrix()
+    assert matrix.loc[("Tiny-Qwen3-VL", "Base", "Greedy"), ("POPE random", "Acc")] == pytest.approx(50.0)
+    # Base under RePOPE: 8 of 18 right; F1 = 2 * 8 / (18 answered yes + 8 labelled yes).
+    assert matrix.loc[("Tiny-Qwen3-VL", "Base", "Greedy"), ("repope random", "Acc")] == pytest.approx(100 * 8 / 18)
+    assert matrix.loc[("Tiny-Qwen3-VL", "Base", "Greedy"), ("repope random", "F1")] == pytest.approx(100 * 16 / 26)
+    # Ours under RePOPE: 17 of 18; F1 = 2 * 8 / (9 + 8).
+    assert matrix.loc[("Tiny-Qwen3-VL", "Ours", "Greedy"), ("repope random", "Acc")] == pytest.approx(100 * 17 / 18)
+    assert matrix.loc[("Tiny-Qwen3-VL", "Ours", "Greedy"), ("repope random", "F1")] == pytest.approx(100 * 16 / 17)
+    assert matrix.loc[("Tiny-Qwen3-VL", "+M+A", "Greedy"), ("parser official random", "Acc")] == pytest.approx(90.0)
+    # Each re-scoring is tested against Base under the same scoring.
+    row = _row(result.frame, variant="ours", split="random", metric="accuracy", scoring="labels-repope")
+    assert row.base_run == "eval/base/scores/labels-repope" and row.n_paired == 18
+    assert row.delta == pytest.approx(100 * 9 / 18)
+    assert any(
+        "repope: the same answers scored with labels /data/repope" in n and "2 questions of each run removed" in n for n in table.notes
+    )
+    # +M+A has no RePOPE scoring: its cells are missing, with the command that re-scores its run.
+    missing = [m for m in table.missing if m.row.variant == "ma"]
+    assert [m.scoring for m in missing] == ["labels-repope"]
+    # (its own evaluation command, into its own folder, so that nothing is generated again)
+    assert missing[0].commands == [f"hallbench eval --bench pope --model {paths['ma']} --data /data/pope --labels /data/repope --out {ma}"]
+    md = (tmp_path / "report" / "pope_scorings.md").read_text()
+    assert "| Tiny-Qwen3-VL | Ours | Greedy |" in md and "POPE random scored as repope" in md
+    # The paper tables still show the runs' own scoring only.
+    assert result.tables["table2"].matrix().loc[("Tiny-Qwen3-VL", "Ours"), ("POPE random", "Acc")] == pytest.approx(100.0)
+
+
+def test_no_rescoring_no_scorings_table(study):
+    _, result = study
+    assert "pope_scorings" not in result.tables and not (result.out / "pope_scorings.md").exists()

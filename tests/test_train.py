@@ -315,6 +315,34 @@ def test_seeds_give_one_run_per_seed_in_named_folders_and_twins_pair_by_seed(tmp
     assert one_dir.exit_code == 1 and "several models, variants or seeds" in one_dir.output
 
 
+def _step_losses(run: Path) -> list[float]:
+    """Each logged step's loss and CE, flattened: ``[loss_1, ce_1, loss_2, ce_2, ...]``."""
+    return [value for r in _log(run) for value in (r["loss"], r["ce"])]
+
+
+@pytest.mark.parametrize("variant", ["base", "ma"])
+def test_gradient_accumulation_trains_on_the_loss_of_the_larger_batch(tmp_path, shapes_dir, small_data, variant):
+    """Batch 4 x accumulation 1 and batch 1 x accumulation 4 see the same samples per step (one
+    permutation) and, with the step's CE a mean over all its answer tokens, the same loss and update."""
+    from hallbench.models.loading import load_model as load
+    from hallbench.train.data import ConversationDataset
+
+    loaded = load("tiny-qwen")
+    dataset = ConversationDataset(small_data, shapes_dir / "images", loaded.processor, loaded.family, 512)
+    lengths = {int((dataset[i].labels != -100).sum()) for i in range(len(dataset))}
+    assert len(lengths) > 1  # answers of different lengths: a mean of per-sample means would differ
+    runs = {}
+    for name, batch, accumulation in (("big", 4, 1), ("accumulated", 1, 4)):
+        cfg = _config(tmp_path / name, shapes_dir, small_data, variant=variant, per_device_train_batch_size=batch,
+                      gradient_accumulation_steps=accumulation, training_args={"max_steps": 3})  # fmt: skip
+        runs[name] = run_train(cfg, progress=False)
+    big, accumulated = (_step_losses(runs[n].path) for n in ("big", "accumulated"))
+    assert len(big) == len(accumulated) == 6
+    assert big[:2] == pytest.approx(accumulated[:2], rel=1e-6)  # before any update: the same loss up to summation order
+    assert big == pytest.approx(accumulated, rel=1e-4)  # after two updates from (nearly) the same gradients
+    assert big[0] != big[2]  # the steps did train
+
+
 def test_zero2_on_cpu_with_two_ranks(tmp_path, shapes_dir, small_data):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -410,3 +438,47 @@ def test_a_pinned_training_curve_catches_any_numerical_change(tmp_path, shapes_d
     for got, want in zip(curve, pinned, strict=True):
         for key in ("loss", "ce", "l_orth", "l_ctr", "grad_norm"):
             assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)
+
+
+def _torchrun(tmp_path: Path, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "hallbench",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=480)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_deepspeed_ranks_give_the_losses_and_weights_of_one_process(tmp_path, shapes_dir, small_data, stage):
+    """2 ranks x batch 2 under ZeRO-2 or ZeRO-3 (on CPU, gloo) against one process x batch 4 (no
+    DeepSpeed): each step covers the
+    same 4 samples (one permutation, batches dealt to the ranks in turn), the CE is a mean over all the
+    step's answer tokens across ranks, so the logged losses agree (CE-only +M+A: L_ctr's in-batch
+    negatives depend on the per-rank batch by design)."""
+    common = ["--model", "tiny-qwen", "--variant", "ma", "--data", str(small_data), "--images", str(shapes_dir / "images"),
+              "--learning-rate", "1e-3", "--logging-steps", "1", "--set", "max_steps=3"]  # fmt: skip
+    proc = _torchrun(tmp_path, ["train", *common, "--output-dir", str(tmp_path / "ranks"), "--deepspeed", stage, "--batch-size", "2"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single = runner.invoke(app, ["train", *common, "--output-dir", str(tmp_path / "one"), "--batch-size", "4"])
+    assert single.exit_code == 0, single.output
+    ranks, one = _step_losses(tmp_path / "ranks"), _step_losses(tmp_path / "one")
+    assert len(ranks) == len(one) == 6
+    assert ranks[:2] == pytest.approx(one[:2], rel=1e-5)
+    assert ranks == pytest.approx(one, rel=1e-4)
+    # The saved weights (ZeRO-3: gathered from the shards at the final save) are the single process's.
+    sharded, plain = load_model(str(tmp_path / "ranks")), load_model(str(tmp_path / "one"))
+    batch = _batch(shapes_dir, small_data, plain)
+    with torch.no_grad():
+        torch.testing.assert_close(sharded.model(**batch).logits, plain.model(**batch).logits, atol=2e-4, rtol=2e-4)

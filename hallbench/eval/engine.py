@@ -144,7 +144,7 @@ class HFBackend:
             "model": resolved.spec.name if resolved.spec else str(resolved.path),
             "display_name": resolved.display_name,
             "source": resolved.source,
-            "path": str(resolved.path) if resolved.path else None,
+            "path": str(Path(resolved.path).resolve()) if resolved.path else None,
             "dtype": str(next(self.loaded.model.parameters()).dtype).replace("torch.", ""),
             "image_size": self.image_size,
             **({"training_run": self.loaded.training_run} if self.loaded.training_run else {}),
@@ -210,7 +210,8 @@ class OpenAIBackend:
         image.save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
-    def _one(self, sample: Sample, images: list[Any], seed: int) -> str:
+    def request_messages(self, sample: Sample, images: list[Any]) -> list[dict]:
+        """The ``messages`` of the chat request for ``sample``: :func:`chat_messages` with each image as a PNG data URL."""
         messages = chat_messages(len(images), sample.prompt, self.system_prompt)
         parts = iter(images)
         for message in messages:
@@ -218,6 +219,10 @@ class OpenAIBackend:
                 {"type": "image_url", "image_url": {"url": self._data_url(next(parts))}} if part["type"] == "image" else part
                 for part in message["content"]
             ]
+        return messages
+
+    def _one(self, sample: Sample, images: list[Any], seed: int) -> str:
+        messages = self.request_messages(sample, images)
         greedy = self.decoding.decoding == "greedy"
         response = self.client.chat.completions.create(
             model=self.api_model,

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from hallbench.errors import HallbenchError, SettingsChangedError
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
 from hallbench.provenance import identity_changes, provenance
-from hallbench.runfolder import folder_content, locked_output_folder, make_output_folder, write_json_atomic
+from hallbench.runfolder import SCORES_FOLDER, folder_content, locked_output_folder, make_output_folder, write_json_atomic
 
 # name -> "module:class"; imported lazily so that the CLI starts instantly.
 BENCHMARKS: dict[str, str] = {
@@ -260,13 +260,8 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:
-    """Run one evaluation (resuming if possible); return the summary that is also written to ``summary.json``.
-
-    The output folder is locked for the run (see ``hallbench.runfolder.FolderLock``): a second
-    evaluation into the same ``--out`` stops with the holder's pid and command.
-    """
-    bench = load_benchmark(cfg)
+def evaluation_samples(cfg: EvalConfig, bench: Benchmark) -> list[Sample]:
+    """The samples a run of ``cfg`` asks, with their final prompts (``--max-samples``, ``--prompt-suffix`` applied)."""
     samples = bench.samples()
     if cfg.max_samples is not None:
         samples = samples[: cfg.max_samples]
@@ -274,6 +269,17 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_
         samples = [replace(s, prompt=f"{s.prompt}\n{cfg.prompt_suffix}") for s in samples]
     if not samples:
         raise HallbenchError(f"the {cfg.bench} data has no samples to evaluate")
+    return samples
+
+
+def run_eval(cfg: EvalConfig, *, progress: bool = True, backend: Any = None, on_chunk: Any = None) -> dict[str, Any]:
+    """Run one evaluation (resuming if possible); return the summary that is also written to ``summary.json``.
+
+    The output folder is locked for the run (see ``hallbench.runfolder.FolderLock``): a second
+    evaluation into the same ``--out`` stops with the holder's pid and command.
+    """
+    bench = load_benchmark(cfg)
+    samples = evaluation_samples(cfg, bench)
     with locked_output_folder(cfg.out, "--out"):
         return _run_locked(cfg, bench, samples, progress=progress, backend=backend, on_chunk=on_chunk)
 
@@ -345,10 +351,6 @@ def _main_scoring(cfg: EvalConfig, previous: dict[str, Any]) -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(EvalConfig)}
     recorded = previous.get("eval", {})
     return json.loads(json.dumps({k: recorded.get(k, defaults[k]) for k in scoring_options(cfg.bench)}, default=str))
-
-
-SCORES_FOLDER = "scores"
-"""``OUT/scores/<options>/``: the summaries of an evaluation re-scored with other scoring options."""
 
 
 def scores_folder(out: Path, scoring: dict[str, Any], main_scoring: dict[str, Any]) -> Path:

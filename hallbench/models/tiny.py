@@ -13,6 +13,8 @@ like the full-size checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,10 +240,30 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
 TINY_BUILDERS = {"tiny-qwen": build_tiny_qwen, "tiny-ministral": build_tiny_ministral}
 
 
+@contextmanager
+def _outside_zero3() -> Iterator[None]:
+    """Build a tiny model whole on every rank, outside ZeRO-3's ``zero.Init``.
+
+    Under ZeRO-3 transformers enters ``zero.Init`` for the ``from_config`` calls inside a model's
+    constructor (the vision tower), which partitions half a model while it is being initialised;
+    a tiny model fits every rank, and DeepSpeed partitions it when the engine starts. transformers
+    decides by its registered config (``is_deepspeed_zero3_enabled``), which is hidden meanwhile.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
 def build_tiny(name: str, size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """Build ``tiny-qwen`` or ``tiny-ministral`` (model in eval mode, processor)."""
     try:
         builder = TINY_BUILDERS[name]
     except KeyError:
         raise HallbenchError(f"unknown tiny model '{name}'; known: {', '.join(TINY_BUILDERS)}") from None
-    return builder(size, seed)
+    with _outside_zero3():
+        return builder(size, seed)

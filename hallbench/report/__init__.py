@@ -2,7 +2,7 @@
 
     collect.py    find training and evaluation runs, the long DataFrame (value, n, CI, paired test per cell)
     bootstrap.py  bootstrap CIs and paired significance, recomputed from predictions.jsonl
-    tables.py     table2, ablation_injection, ablation_loss, decoding, pope_detail -> Markdown and LaTeX
+    tables.py     table2, ablation_injection, ablation_loss, decoding, pope_detail (and pope_scorings) -> Markdown and LaTeX
     plots.py      training curves (and the pretraining they start from), POPE F1 / yes ratio, per-seed values
 
 :func:`run_report` is what ``hallbench report`` calls. The output is deterministic: the same runs,
@@ -19,7 +19,17 @@ from pathlib import Path
 import pandas as pd
 
 from hallbench.errors import HallbenchError
-from hallbench.report.collect import EvalRun, RunSet, Skipped, TrainingRun, build_frame, discover, resolve_claims
+from hallbench.report.collect import (
+    EvalRun,
+    RunSet,
+    Skipped,
+    TrainingRun,
+    build_frame,
+    discover,
+    resolve_claims,
+    resolve_rescored,
+    scoring_label,
+)
 from hallbench.report.tables import Table, build_tables, legend, to_latex, to_markdown
 from hallbench.runfolder import atomic_path, locked_output_folder, write_text_atomic
 
@@ -58,9 +68,10 @@ def run_report(runs: Path, out: Path, *, n_resamples: int = 1000, seed: int = 0,
     runs, out = Path(runs), Path(out)
     found = discover(runs)
     cells = resolve_claims(found, prefer)
+    rescored = resolve_rescored(found, cells)
     rel = _relative_to(runs)
-    collected = build_frame(found, cells, n_resamples=n_resamples, seed=seed, relative=rel)
-    tables = build_tables(collected.frame, found, cells, n_resamples=n_resamples, seed=seed)
+    collected = build_frame(found, cells, rescored=rescored, n_resamples=n_resamples, seed=seed, relative=rel)
+    tables = build_tables(collected.frame, found, cells, n_resamples=n_resamples, seed=seed, rescored=rescored)
     # One writer at a time: two reports into one folder would interleave their files.
     with locked_output_folder(out, "--out"):
         files: list[Path] = []
@@ -143,6 +154,7 @@ def _missing_md(table: Table) -> list[str]:
         where = " / ".join(m.row.labels)
         splits = [s for s in m.splits if s not in ("", "all")]
         what = f"{m.bench.upper() if m.bench != 'chair' else 'CHAIR'}" + (f" {', '.join(splits)}" if splits else "")
+        what += f" scored as {scoring_label(m.scoring)}" if m.scoring else ""
         lines.append(f"- {where}: {what} ({', '.join(m.metrics)}): " + " then ".join(f"`{c}`" for c in m.commands))
     return lines
 
@@ -181,7 +193,7 @@ def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Sk
         source = f"the training run {folder} that the runs above start from (git {_short(config.get('git_commit'))})"
         display = (config.get("model") or {}).get("display_name") or folder.name
         path = out / f"{unique(f'pretrain_{_slug(folder.name)}')}.png"
-        title = f"{display} trained into {folder.name} (the starting point of the fine-tuned runs): losses"
+        title = f"Starting point of the fine-tuned runs: {display} ({folder.name}), losses"
         if plot_training_curves(title, records, path, provenance=source):
             written.append((path, source))
     labels = {r.variant: r.variant_label for r in found.evals}
@@ -226,7 +238,9 @@ def _starting_points(found: RunSet) -> list[tuple[Path, dict]]:
         path = (training.config.get("model") or {}).get("path")
         if not path:
             continue
-        folder = Path(path)
+        # Runs before 2026-12-02 recorded the path as given (relative to where training ran): look above the run too.
+        candidates = [Path(path)] + ([parent / path for parent in training.path.resolve().parents] if not Path(path).is_absolute() else [])
+        folder = next((c for c in candidates if (c / "hallbench_config.json").is_file()), Path(path))
         config_path = folder / "hallbench_config.json"
         if folder.resolve() in inside or folder in points or not config_path.is_file():
             continue

@@ -30,7 +30,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from hallbench.report.bootstrap import (
     stable_seed,
     stack_tables,
 )
-from hallbench.runfolder import read_appended_jsonl
+from hallbench.runfolder import SCORES_FOLDER, read_appended_jsonl
 
 PRETRAINED = "pretrained"
 """Variant key of an evaluation whose model is not a hallbench training run."""
@@ -131,6 +131,11 @@ class EvalRun:
     created: str | None
     seed: int | None = None
     """The training seed of the evaluated run (None: a pretrained model, or a run that does not record it)."""
+    scoring: str = ""
+    """``""``: the run's own summary; else the ``scores/`` folder the answers were re-scored into
+    (``labels-repope``, ``parser-official``), whose summary and predictions this is."""
+    rescored_of: EvalRun | None = None
+    """The evaluation run whose answers a re-scored one scores."""
 
 
 CellKey = tuple[str, str, str, str, str]
@@ -156,6 +161,8 @@ class RunSet:
     """Readable runs kept out of the paper tables (pretrained models, unknown variants), with the reason."""
     replaced: list[Skipped] = field(default_factory=list)
     """Runs that lost a cell to a newer run under ``prefer="newest"``."""
+    rescored: list[EvalRun] = field(default_factory=list)
+    """The ``scores/<options>/`` summaries of the evaluation runs (``scoring`` set): POPE against RePOPE labels, ..."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +311,40 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
             )
         )
     found.evals.append(run)
+    _add_rescored(found, run)
+
+
+def _add_rescored(found: RunSet, run: EvalRun) -> None:
+    """The run's answers re-scored with other options (``hallbench eval`` with only ``--labels`` or
+    ``--parser`` changed writes ``RUN/scores/<what differs>/``): one more EvalRun each."""
+    scores = run.path / SCORES_FOLDER
+    if not scores.is_dir():
+        return
+    for folder in sorted(p for p in scores.iterdir() if p.is_dir()):
+        summary, problem = _read_json(folder / "summary.json")
+        if problem is None:
+            problem = _summary_problem(run.bench, summary)
+        if problem is not None:
+            found.skipped.append(Skipped(folder, f"re-scored evaluation: {problem}"))
+            continue
+        found.rescored.append(
+            replace(run, path=folder, summary=summary, splits=_splits(run.bench, summary), scoring=folder.name, rescored_of=run)
+        )
+
+
+def scoring_keys(scoring: str) -> list[str]:
+    """The options a ``scores/`` folder name says differ: ``labels-repope+parser-official`` -> ``[labels, parser]``."""
+    return [part.partition("-")[0] for part in scoring.split("+") if part]
+
+
+def scoring_label(scoring: str) -> str:
+    """A column title for a ``scores/`` folder name: ``labels-repope`` -> ``repope``, ``parser-official``
+    -> ``parser official``, ``labels-repope+parser-official`` -> ``repope, parser official``."""
+    parts = []
+    for part in scoring.split("+"):
+        key, _, value = part.partition("-")
+        parts.append(Path(value).stem if key == "labels" and value else f"{key} {value}".strip())
+    return ", ".join(parts)
 
 
 def _training_seed(training: dict) -> int | None:
@@ -390,6 +431,22 @@ def resolve_claims(found: RunSet, prefer: str | None = None) -> Cells:
 
 def _seed_order(seed: int | None) -> tuple[bool, int]:
     return (seed is not None, seed or 0)
+
+
+RescoredCells = dict[tuple[CellKey, str], list[EvalRun]]
+"""``(cell key, scoring)`` -> the re-scored runs of that scoring whose evaluation runs provide the cell."""
+
+
+def resolve_rescored(found: RunSet, cells: Cells) -> RescoredCells:
+    """The re-scored summaries of the runs that provide each cell, by scoring (one per seed, like the cell)."""
+    providing = {(id(r), key) for key, runs in cells.items() for r in runs}
+    rescored: RescoredCells = {}
+    for run in found.rescored:
+        for split in run.splits:
+            key = cell_key(run, split)
+            if (id(run.rescored_of), key) in providing:
+                rescored.setdefault((key, run.scoring), []).append(run)
+    return {k: sorted(v, key=lambda r: _seed_order(r.seed)) for k, v in sorted(rescored.items())}
 
 
 def seed_pairs(runs: list[EvalRun], base_runs: list[EvalRun] | None) -> list[tuple[EvalRun, EvalRun]]:
@@ -520,11 +577,12 @@ def summary_n(run: EvalRun, split: str) -> int | None:
 FRAME_COLUMNS = [
     "run", "model", "variant", "variant_label", "table", "bench", "split", "decoding", "metric", "value", "n", "ci_low", "ci_high",
     "higher_is_better", "base_run", "n_paired", "n_images", "delta", "delta_low", "delta_high", "p_value", "mcnemar_p", "significant",
-    "seed", "n_seeds", "seed_sd", "seed_t_p", "per_seed", "git_commit", "created",
+    "seed", "n_seeds", "seed_sd", "seed_t_p", "per_seed", "scoring", "git_commit", "created",
 ]  # fmt: skip
 """``seed``: the training seed of a one-run cell or of a per-seed row; ``n_seeds``, ``seed_sd`` (standard
 deviation across seeds) and ``seed_t_p`` (t-test of the per-seed differences from Base) on a cell's
-row; ``per_seed``: True for the rows of each seed of a several-seed cell, whose own row holds the mean."""
+row; ``per_seed``: True for the rows of each seed of a several-seed cell, whose own row holds the mean;
+``scoring``: empty for the runs' own summaries, else the ``scores/`` folder of a re-scoring (``labels-repope``)."""
 
 
 @dataclass
@@ -539,11 +597,13 @@ def build_frame(
     found: RunSet,
     cells: Cells,
     *,
+    rescored: RescoredCells | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     relative: Callable[[Path], str] | None = None,
 ) -> Collected:
-    """Values from each cell's summary.json, CIs and paired tests vs Base from its predictions.jsonl."""
+    """Values from each cell's summary.json, CIs and paired tests vs Base from its predictions.jsonl;
+    then the same for each re-scored cell (``rescored``), tested against Base under the same scoring."""
     relative = relative or (lambda p: str(p))
     warnings: list[Skipped] = []
     records: dict[int, list[dict] | None] = {}
@@ -602,21 +662,20 @@ def build_frame(
             base_table = stack_tables({label: b for label, (_, b) in zip(labels, sides, strict=True)})
         return paired_test(variant_table, base_table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "paired|" + name))
 
-    rows = []
-    for key in sorted(cells, key=_cell_order):
-        runs = cells[key]
+    rows: list[dict[str, Any]] = []
+
+    def add_cell(key: CellKey, runs: list[EvalRun], base_runs: list[EvalRun] | None, scoring: str) -> None:
         model, variant, bench, split, decoding = key
         metrics = METRICS[bench]
-        base_runs = cells.get((model, "base", bench, split, decoding)) if variant != "base" else None
-        pairs = seed_pairs(runs, base_runs)
-        name = _seed_key(runs, key)
+        pairs = seed_pairs(runs, base_runs if variant != "base" else None)
+        name = _seed_key(runs, key) + (f"|{scoring}" if scoring else "")
         common = {"model": model, "variant": variant, "variant_label": runs[0].variant_label, "table": runs[0].table,
-                  "bench": bench, "split": split, "decoding": decoding}  # fmt: skip
+                  "bench": bench, "split": split, "decoding": decoding, "scoring": scoring}  # fmt: skip
         per_run_values = [{m: summary_value(r, split, m) for m in metrics} for r in runs]
         if len(runs) > 1:
             for run, values in zip(runs, per_run_values, strict=True):
                 table = table_of(run, split)
-                run_name = _seed_key([run], key)
+                run_name = _seed_key([run], key) + (f"|{scoring}" if scoring else "")
                 cis = (
                     bootstrap_ci(table, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + run_name))
                     if table is not None
@@ -658,6 +717,11 @@ def build_frame(
                 row["seed_sd"] = float(np.std(values, ddof=1)) if value is not None else None
                 row["seed_t_p"] = _seed_t_p([(summary_value(v, split, metric), summary_value(b, split, metric)) for v, b in pairs])
             rows.append(row)
+
+    for key in sorted(cells, key=_cell_order):
+        add_cell(key, cells[key], cells.get((key[0], "base", *key[2:])), "")
+    for key, scoring in sorted(rescored or {}, key=lambda ks: (_cell_order(ks[0]), ks[1])):
+        add_cell(key, rescored[(key, scoring)], (rescored or {}).get(((key[0], "base", *key[2:]), scoring)), scoring)  # type: ignore[index]
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     return Collected(frame=frame, cells=cells, warnings=_dedupe(warnings))
 

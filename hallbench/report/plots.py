@@ -61,7 +61,9 @@ def plot_training_curves(title: str, records: list[dict], out: Path, *, provenan
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, 45 * len(present)), fontsize=10)  # a one-panel figure is 400 pixels wide
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Title": title, "Description": provenance})
     plt.close(fig)

@@ -26,7 +26,18 @@ from pathlib import Path
 import pandas as pd
 
 from hallbench.report.bootstrap import ALPHA, holm, n_permutations
-from hallbench.report.collect import ALL, DECODINGS, HIGHER_IS_BETTER, POPE_SPLITS, PRETRAINED, RunSet, most_common, variant_rank
+from hallbench.report.collect import (
+    ALL,
+    DECODINGS,
+    HIGHER_IS_BETTER,
+    POPE_SPLITS,
+    PRETRAINED,
+    RunSet,
+    most_common,
+    scoring_keys,
+    scoring_label,
+    variant_rank,
+)
 
 MISSING_MD = "–"
 MISSING_TEX = "--"
@@ -47,6 +58,8 @@ class Column:
     """Upper header (``POPE random``)."""
     label: str
     """Lower header (``Acc``)."""
+    scoring: str = ""
+    """``""``: the runs' own scoring; else a ``scores/`` folder name (``labels-repope``)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class Missing:
     splits: list[str]
     metrics: list[str]
     commands: list[str]
+    scoring: str = ""
 
 
 @dataclass
@@ -144,14 +158,17 @@ POPE_DETAIL_COLUMNS = [
 class Builder:
     """Builds every table from the long frame and the run set (which knows the training runs)."""
 
-    def __init__(self, frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int):
+    def __init__(self, frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int, rescored: dict | None = None):
         self.frame = frame
         self.found = found
         self.cells = cells
+        self.rescored = rescored or {}
         self.n_resamples = n_resamples
         self.seed = seed
         self.by_key = {
-            (r.model, r.variant, r.bench, r.split, r.decoding, r.metric): r for r in frame.itertuples(index=False) if not r.per_seed
+            (r.model, r.variant, r.bench, r.split, r.decoding, r.metric, r.scoring or ""): r
+            for r in frame.itertuples(index=False)
+            if not r.per_seed
         }
         self.labels: dict[str, str] = {}
         for run in [*found.trainings, *found.evals]:
@@ -198,6 +215,38 @@ class Builder:
         rows = [Row((m, self.label(v), DECODING_NAMES[d]), m, v, d) for m, v in pairs for d in DECODINGS]
         return self._fill(Table("decoding", "CHAIR by decoding strategy", ["Model", "Variant", "Decoding"], 2, DECODING_COLUMNS, rows))
 
+    def pope_scorings_table(self) -> Table | None:
+        """POPE under the runs' own scoring beside each re-scoring (RePOPE labels, another parser); None without any."""
+        scorings = sorted({scoring for (key, scoring) in self.rescored if key[2] == "pope"})
+        if not scorings:
+            return None
+        triples = {(k[0], k[1], k[4]) for (k, _s) in self.rescored if k[2] == "pope"}
+        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], DECODINGS.index(t[2]) if t[2] in DECODINGS else 9))
+        splits = [s for s in POPE_SPLITS if any(k[2] == "pope" and k[3] == s for (k, _s) in self.rescored)]
+        columns = [
+            Column("pope", split, metric, f"{'POPE' if not scoring else scoring_label(scoring)} {split}", label, scoring)
+            for scoring in ("", *scorings)
+            for split in splits
+            for metric, label in (("accuracy", "Acc"), ("f1", "F1"))
+        ]
+        rows = [Row((m, self.label(v), DECODING_NAMES.get(d, d)), m, v, d) for m, v, d in order]
+        title = "POPE re-scored: the runs' own labels and parser beside each other scoring"
+        table = self._fill(Table("pope_scorings", title, ["Model", "Variant", "Decoding"], 1, columns, rows))
+        for scoring in scorings:
+            table.notes.append(self._scoring_note(scoring))
+        return table
+
+    def _scoring_note(self, scoring: str) -> str:
+        runs = [r for (k, s), rs in self.rescored.items() if s == scoring and k[2] == "pope" for r in rs]
+        options = runs[0].summary.get("scoring") or {}
+        removed = {id(r): r.summary.get("n_removed") for r in runs if isinstance(r.summary.get("n_removed"), int)}
+        changed = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None and k in scoring_keys(scoring))
+        text = f"{scoring_label(scoring)}: the same answers scored with {changed or scoring} (each run's scores/{scoring}/)"
+        if removed:
+            low, high = min(removed.values()), max(removed.values())
+            text += f"; {low if low == high else f'{low} to {high}'} questions of each run removed by that label set"
+        return text + "."
+
     def pope_detail_table(self) -> Table:
         triples = {(m, v, d) for (m, v, b, _s, d) in self.cells if b == "pope"}
         order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], DECODINGS.index(t[2]) if t[2] in DECODINGS else 9))
@@ -212,12 +261,13 @@ class Builder:
             cells = []
             for column in table.columns:
                 split = row.split if row.split is not None else column.split
-                entry = self.by_key.get((row.model, row.variant, column.bench, split, row.decoding, column.metric))
+                key = (row.model, row.variant, column.bench, split, row.decoding)
+                entry = self.by_key.get((*key, column.metric, column.scoring))
                 if entry is None:
                     cells.append(Cell())
                     continue
-                for run in self.cells[(row.model, row.variant, column.bench, split, row.decoding)]:
-                    runs[run.path] = None
+                for run in self.rescored[(key, column.scoring)] if column.scoring else self.cells[key]:
+                    runs[(run.rescored_of or run).path] = None
                 cells.append(
                     Cell(
                         value=_num(entry.value),
@@ -283,17 +333,22 @@ class Builder:
             for column, cell in zip(table.columns, cells, strict=True):
                 if cell.missing:
                     split = row.split if row.split is not None else column.split
-                    splits, labels = by_bench.setdefault(column.bench, ([], []))
+                    splits, labels = by_bench.setdefault((column.bench, column.scoring), ([], []))
                     if split not in splits:
                         splits.append(split)
                     if column.label not in labels:
                         labels.append(column.label)
-            for bench, (splits, labels) in by_bench.items():
-                result.append(Missing(row, bench, splits, labels, self.commands(row, bench, splits)))
+            for (bench, scoring), (splits, labels) in by_bench.items():
+                result.append(Missing(row, bench, splits, labels, self.commands(row, bench, splits, scoring), scoring))
         return result
 
-    def commands(self, row: Row, bench: str, splits: list[str]) -> list[str]:
-        """The commands that would produce the missing cells of ``row`` on ``bench``."""
+    def commands(self, row: Row, bench: str, splits: list[str], scoring: str = "") -> list[str]:
+        """The commands that would produce the missing cells of ``row`` on ``bench`` (under ``scoring``:
+        the same evaluation with that scoring's options, which re-scores an existing run)."""
+        if scoring:
+            rescore = self._rescore_commands(row, bench, splits, scoring)
+            if rescore:
+                return rescore
         commands = []
         root = self.found.root
         training = self.training_of.get((row.model, row.variant))
@@ -325,10 +380,33 @@ class Builder:
                 parts.append(f"--decoding {row.decoding}")
             if bench == "vqa":
                 parts.append("--judge-base-url <judge endpoint>")
+            parts += self._scoring_flags(scoring) if scoring else []
             name = "_".join(_slug(p) for p in (row.model, self.label(row.variant), bench, "" if split == ALL else split, row.decoding) if p)
             parts.append(f"--out {shlex.quote(str(root / 'eval' / name))}")
             commands.append(" ".join(parts))
         return commands
+
+    def _scoring_flags(self, scoring: str) -> list[str]:
+        options = next((r.summary.get("scoring") or {} for (_k, s), rs in self.rescored.items() if s == scoring for r in rs), {})
+        return [f"--{k} {shlex.quote(str(v))}" for k, v in options.items() if v is not None and k in scoring_keys(scoring)]
+
+    def _rescore_commands(self, row: Row, bench: str, splits: list[str], scoring: str) -> list[str]:
+        """Re-scoring the evaluation runs that already provide the row's cells: their own command with the
+        scoring's options and their own ``--out``, so nothing is generated again."""
+        commands: dict[str, None] = {}
+        for split in splits:
+            for run in self.cells.get((row.model, row.variant, bench, split, row.decoding), []):
+                recorded = run.config["eval"]
+                parts = ["hallbench eval", f"--bench {bench}", f"--model {shlex.quote(str(recorded.get('model')))}"]
+                parts.append(f"--data {shlex.quote(str(recorded.get('data')))}")
+                if recorded.get("images"):
+                    parts.append(f"--images {shlex.quote(str(recorded['images']))}")
+                if recorded.get("split") not in (None, ALL):
+                    parts.append(f"--split {recorded['split']}")
+                if row.decoding != "greedy":
+                    parts.append(f"--decoding {row.decoding}")
+                commands[" ".join([*parts, *self._scoring_flags(scoring), f"--out {shlex.quote(str(run.path))}"])] = None
+        return list(commands)
 
 
 def _num(value: object) -> float | None:
@@ -345,11 +423,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
 
 
-def build_tables(frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int) -> dict[str, Table]:
-    """All five tables, in the order the index lists them."""
+def build_tables(
+    frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int, rescored: dict | None = None
+) -> dict[str, Table]:
+    """All five tables, in the order the index lists them, and ``pope_scorings`` when some POPE run was re-scored."""
     from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
 
-    builder = Builder(frame, found, cells, n_resamples=n_resamples, seed=seed)
+    builder = Builder(frame, found, cells, n_resamples=n_resamples, seed=seed, rescored=rescored)
+    scorings = builder.pope_scorings_table()
     return {
         "table2": builder.paper_table("table2", "Table 2: Base, +M, +M+A and Ours", TABLE2),
         "ablation_injection": builder.paper_table(
@@ -358,6 +439,7 @@ def build_tables(frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples
         "ablation_loss": builder.paper_table("ablation_loss", "Ablation 4.3: loss components", ABLATION_LOSS),
         "decoding": builder.decoding_table(),
         "pope_detail": builder.pope_detail_table(),
+        **({"pope_scorings": scorings} if scorings is not None else {}),
     }
 
 
@@ -402,14 +484,18 @@ def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
         "against Base (ranked metrics only); raw p-values (and exact McNemar for accuracy and CHAIRs) in results.csv.",
         f"{MISSING_MD}: no run provides the cell (see the list below); {UNDEFINED}: the run exists but the metric is undefined.",
     ]
-    seeds = sorted({c.n_seeds for cells in table.cells for c in cells if not c.missing and c.n_seeds > 1})
+    present = [c for cells in table.cells for c in cells if not c.missing]
+    seeds = sorted({c.n_seeds for c in present if c.n_seeds > 1})
     if seeds:
-        lines.insert(
-            1,
+        text = (
             f"Cells over {'/'.join(map(str, seeds))} training seeds: the mean over the seeds ± their standard deviation (not an "
             f"interval); {MARK} there pools the seed pairs (seed s against Base's seed s); per-seed values, the bootstrap "
-            "interval of the mean and seed_t_p (t-test of the per-seed differences from Base) are in results.csv.",
+            "interval of the mean and seed_t_p (t-test of the per-seed differences from Base) are in results.csv."
         )
+        if any(c.n_seeds == 1 for c in present):
+            lines.insert(1, text)
+        else:  # every cell is a mean over seeds: no cell shows a bootstrap half-width
+            lines[0] = "Values in % (Len: words). " + text
     if table.name in ("table2", "ablation_injection", "ablation_loss"):
         lines.insert(0, "Greedy decoding.")
     if table.name == "ablation_injection":

@@ -61,7 +61,7 @@ def load_run(path: str | Path, *, dtype: Any = None, device: str = "cpu") -> Any
     model = model.to(device=device, dtype=torch_dtype).eval()
     base_folder = config_path.parent
     training_run = {
-        "path": str(path),
+        "path": str(path.resolve()),  # absolute: the report and later commands run from other folders
         "model": run["model"],
         "variant": run["variant"],
         "evidence": run["evidence"],

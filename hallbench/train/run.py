@@ -303,6 +303,12 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
     # TrainingArguments first: with ZeRO-3 they register the DeepSpeed config, and only then does
     # from_pretrained partition the weights while loading (each rank never holds the whole model).
     args = _training_arguments(cfg, folder, precision)
+    if cfg.deepspeed:
+        # deepspeed.comm wraps the process group TrainingArguments started: without it, ZeRO-3's
+        # zero.Init (entered by from_config/from_pretrained) would read a world size of 1.
+        import deepspeed
+
+        deepspeed.init_distributed()
     set_seed(cfg.seed)
     from hallbench.models.tiny import TinySize
 
@@ -345,7 +351,7 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
             "name": cfg.model,
             "display_name": loaded.display_name,
             "family": family.name,
-            "path": str(loaded.resolved.path) if loaded.resolved.path else None,
+            "path": str(Path(loaded.resolved.path).resolve()) if loaded.resolved.path else None,
             "source": loaded.resolved.source,
         },
         "variant": {"name": preset.name, "label": preset.label, "table": preset.table},
@@ -357,9 +363,9 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
         "saved_dtype": loaded.checkpoint_dtype,
         "image_size": pixel_budget,
         "data": {
-            "train": str(cfg.data),
+            "train": str(Path(cfg.data).resolve()),
             "train_sha256": sha256_file(cfg.data),
-            "images": str(cfg.images),
+            "images": str(Path(cfg.images).resolve()),
             "n_samples": len(dataset),
         },
         "parameters": {

@@ -16,9 +16,14 @@ It overrides only what it must:
 - ``_load_optimizer_and_scheduler``: the learning rate given on resume is the one used from then on
   (the saved scheduler would otherwise restore the old one).
 
-The CE is the mean over the micro-batch's answer tokens, and the Trainer divides it by the
-gradient-accumulation steps (``model_accepts_loss_kwargs = False``): one definition whatever the
-model's forward signature says.
+The CE of an optimizer step is the mean over **every answer token of the step**: all its
+gradient-accumulation micro-batches and, under DDP/DeepSpeed, all ranks (the Trainer counts them,
+``num_items_in_batch``, because ``model_accepts_loss_kwargs`` is set). So batch 4 x accumulation 1,
+batch 1 x accumulation 4 and 2 ranks x batch 2 train on the same loss (tested), whatever the
+samples' lengths; a per-micro-batch mean divided by the accumulation steps would weight a short
+answer's tokens more than a long one's. L_orth (a mean over a micro-batch's text tokens) and L_ctr
+(in-batch negatives) are per-micro-batch terms by their nature: averaged over the micro-batches
+(``/ accumulation``) and over the ranks (DDP), so they do depend on the micro-batch size.
 """
 
 from __future__ import annotations
@@ -146,12 +151,16 @@ class EvidenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.final_dtype = final_dtype
         """dtype of the final weights in the run folder (the base checkpoint's); checkpoints keep the training dtype for exact resume."""
-        self.model_accepts_loss_kwargs = False
+        # The Trainer then counts the step's answer tokens (num_items_in_batch) and does not divide the
+        # loss by the accumulation steps: compute_loss normalises by that count itself.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
         self.evidence = evidence
         self.evidence_cfg = evidence_cfg
         self.contrastive = ContrastiveLoss(evidence_cfg.tau, evidence_cfg.ctr_queue) if evidence_cfg.lambda_ctr else None
         self._sums: dict[str, torch.Tensor] = {}
-        self._count = 0
+        self._micro_batches = 0
+        self._steps = 0.0
         self.loss_sum_before_resume = 0.0
         """Sum of the per-step losses of the steps before the checkpoint this run resumed from."""
 
@@ -166,14 +175,18 @@ class EvidenceTrainer(Trainer):
         per_token = token_cross_entropy(outputs.logits, labels)
         n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
         ce = per_token.sum() / n_tokens.clamp(min=1)
+        accumulation = max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
+        ce_step = self._step_share(per_token.sum(), ce, num_items_in_batch, accumulation)
         terms = {"ce": ce}
-        total = ce
+        # What this micro-batch adds to the step's loss: the step's token-mean CE is the sum of the
+        # micro-batches' ce_step; the per-micro-batch terms are averaged over the accumulation steps.
+        total = ce_step
         if needs_aux:
             assert self.evidence is not None
             state = self.evidence.state
             if cfg.lambda_orth > 0:
                 terms["l_orth"] = orthogonality_loss(state.aux)
-                total = total + cfg.lambda_orth * terms["l_orth"]
+                total = total + cfg.lambda_orth * terms["l_orth"] / accumulation
             if cfg.lambda_ctr > 0:
                 assert self.contrastive is not None
                 if image_ids is None:
@@ -181,7 +194,7 @@ class EvidenceTrainer(Trainer):
                         "L_ctr needs the samples' image ids: build the collator with Collator(pad_id, with_image_ids=True)"
                     )
                 terms["l_ctr"] = self.contrastive(self.evidence, labels != IGNORE_INDEX, image_ids)
-                total = total + cfg.lambda_ctr * terms["l_ctr"]
+                total = total + cfg.lambda_ctr * terms["l_ctr"] / accumulation
             state.aux = {}  # the aux tensors are in the graph already; drop the extra references
         if not torch.isfinite(total):
             values = ", ".join(f"{name}={float(value):.6g}" for name, value in terms.items())
@@ -190,20 +203,33 @@ class EvidenceTrainer(Trainer):
                 f"total={float(total):.6g}, {values}; stopped before the update. "
                 f"Checkpoints saved before it in {self.args.output_dir} are intact; lower the learning rate or the lambdas and resume."
             )
-        for name, value in terms.items():
+        # Logged: ce as the mean over the window's steps of each step's token mean (the sum of its
+        # micro-batches' ce_step); l_orth and l_ctr as the mean over its micro-batches.
+        for name, value in {**terms, "ce": ce_step}.items():
             self._sums[name] = self._sums.get(name, torch.zeros((), device=value.device)) + value.detach().float()
-        self._count += 1
+        self._micro_batches += 1
+        self._steps += 1 / accumulation
         return (total, outputs) if return_outputs else total
 
+    def _step_share(self, token_sum: torch.Tensor, micro_mean: torch.Tensor, num_items_in_batch: Any, accumulation: int) -> torch.Tensor:
+        """This micro-batch's share of the step's token-mean CE: its token sum over the step's answer
+        tokens, times the ranks when that count is over all ranks (DDP averages the ranks' gradients).
+        Without a count (the Trainer gives none outside training) the micro-batch mean over the steps."""
+        if num_items_in_batch is None:
+            return micro_mean / accumulation
+        count = torch.as_tensor(num_items_in_batch, device=token_sum.device)
+        ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices and self.args.world_size > 1 else 1
+        return token_sum / count.clamp(min=1) * ranks
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._count:
+        if "loss" in logs and self._micro_batches:
             for name in ("ce", "l_orth", "l_ctr"):
                 if name in self._sums:
-                    mean = self._sums[name] / self._count
+                    mean = self._sums[name] / (self._steps if name == "ce" else self._micro_batches)
                     logs[name] = float(self.accelerator.reduce(mean, reduction="mean"))
                 else:
                     logs[name] = None
-            self._sums, self._count = {}, 0
+            self._sums, self._micro_batches, self._steps = {}, 0, 0.0
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
