@@ -87,6 +87,20 @@ _TRAIN_OPTIONS = {
 }  # fmt: skip
 
 
+def _train_help(field: str) -> str:
+    from hallbench.fielddocs import field_help
+    from hallbench.train.config import TrainConfig
+
+    return field_help(TrainConfig, field)
+
+
+def _evidence_help(field: str) -> str:
+    from hallbench.fielddocs import field_help
+    from hallbench.train.method import EvidenceConfig
+
+    return field_help(EvidenceConfig, field, default="the preset's")
+
+
 @app.command()
 def train(
     model: Annotated[str | None, typer.Option(help=f"{MODEL_NAMES}, a model folder, 'all' (the paper's three) or a comma list.")] = None,
@@ -96,60 +110,56 @@ def train(
             help="base, m (+M), ma (+M+A), ours (Ours), abl-*, loss-*; or all (Table 2), ablations, ablation_injection, ablation_loss; or a comma list."
         ),
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="LLaVA-format training conversations, e.g. data/train.json.")] = None,
+    data: Annotated[Path | None, typer.Option(help=_train_help("data"))] = None,
     images: Annotated[Path | None, typer.Option(help="Image folder (default: images/ or img/ beside --data).")] = None,
-    output_root: Annotated[
-        Path | None, typer.Option(help="Runs go to OUTPUT_ROOT/output_model_<model>_<variant> [default: runs/train].")
-    ] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Exact run folder (one run only).")] = None,
+    output_root: Annotated[Path | None, typer.Option(help=_train_help("output_root"))] = None,
+    output_dir: Annotated[Path | None, typer.Option(help=_train_help("output_dir"))] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML recipe (TrainConfig keys, 'evidence:' and 'set:' mappings); flags override it.")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Other TrainingArguments as KEY=VALUE (e.g. max_steps=20, warmup_steps=0.03).")
     ] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate [default: 1e-5].")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs [default: 3].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Per-device batch size [default: 4].")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps [default: 1].")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Longest sample in tokens; longer is an error [default: 4096].")] = None,
-    min_pixels: Annotated[int | None, typer.Option(help=MIN_PIXELS_HELP)] = None,
-    max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
-    precision: Annotated[str | None, typer.Option(help="auto (bf16 where supported), bf16, fp16 or fp32.")] = None,
-    save_total_limit: Annotated[int | None, typer.Option(help="Epoch checkpoints kept [default: 2].")] = None,
-    logging_steps: Annotated[int | None, typer.Option(help="Log CE / L_orth / L_ctr every N steps [default: 2].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for new modules, data order, dropout [default: 42].")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help=_train_help("learning_rate"))] = None,
+    epochs: Annotated[float | None, typer.Option(help=_train_help("num_train_epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_train_help("per_device_train_batch_size"))] = None,
+    grad_accum: Annotated[int | None, typer.Option(help=_train_help("gradient_accumulation_steps"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=_train_help("max_length"))] = None,
+    min_pixels: Annotated[int | None, typer.Option(help=_train_help("min_pixels"))] = None,
+    max_pixels: Annotated[int | None, typer.Option(help=_train_help("max_pixels"))] = None,
+    precision: Annotated[str | None, typer.Option(help=_train_help("precision"))] = None,
+    save_total_limit: Annotated[int | None, typer.Option(help=_train_help("save_total_limit"))] = None,
+    logging_steps: Annotated[int | None, typer.Option(help=_train_help("logging_steps"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_train_help("seed"))] = None,
     seeds: Annotated[
         str | None, typer.Option(help="One run per seed, e.g. 0,1,2, in folders named ..._seed<N> (instead of --seed).")
     ] = None,
-    tune_vision: Annotated[
-        bool | None, typer.Option("--tune-vision/--freeze-vision", help="Train the vision tower [default: frozen].")
-    ] = None,
-    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank for the language model; 0 = full fine-tuning.")] = None,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha [default: 2 x rank].")] = None,
+    tune_vision: Annotated[bool | None, typer.Option("--tune-vision/--freeze-vision", help=_train_help("tune_vision"))] = None,
+    lora_rank: Annotated[int | None, typer.Option(help=_train_help("lora_rank"))] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help=_train_help("lora_alpha"))] = None,
     gradient_checkpointing: Annotated[
-        bool | None, typer.Option("--gradient-checkpointing", help="Recompute activations to save memory.")
+        bool | None, typer.Option("--gradient-checkpointing", help=_train_help("gradient_checkpointing"))
     ] = None,
-    deepspeed: Annotated[str | None, typer.Option(help="zero2, zero3 (shipped configs) or a DeepSpeed JSON path.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = None,
-    cache_data: Annotated[bool | None, typer.Option("--cache-data", help="Keep tokenised samples in memory after the first epoch.")] = None,
+    deepspeed: Annotated[str | None, typer.Option(help=_train_help("deepspeed"))] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help=_train_help("resume"))] = None,
+    cache_data: Annotated[bool | None, typer.Option("--cache-data", help=_train_help("cache_data"))] = None,
     enable_evidence: Annotated[
-        bool | None, typer.Option("--enable-evidence/--no-enable-evidence", help="Method flag (set by the preset).")
+        bool | None, typer.Option("--enable-evidence/--no-enable-evidence", help=_evidence_help("enable_evidence"))
     ] = None,
-    inject_position: Annotated[str | None, typer.Option(help="none, first_layer_input or per_layer.")] = None,
-    inject_op: Annotated[str | None, typer.Option(help="add, concat or ours.")] = None,
+    inject_position: Annotated[str | None, typer.Option(help=_evidence_help("inject_position"))] = None,
+    inject_op: Annotated[str | None, typer.Option(help=_evidence_help("inject_op"))] = None,
     use_utilization: Annotated[
-        bool | None, typer.Option("--use-utilization/--no-use-utilization", help="The utilization gate of 'ours'.")
+        bool | None, typer.Option("--use-utilization/--no-use-utilization", help=_evidence_help("use_utilization"))
     ] = None,
-    evidence_source: Annotated[str | None, typer.Option(help="candidate or aligned.")] = None,
-    evidence_dim: Annotated[int | None, typer.Option(help="d_e, retrieval width and alignment rank [default: 64].")] = None,
-    evidence_topk: Annotated[int | None, typer.Option(help="Attend to the K best visual tokens; 0 = all.")] = None,
-    inject_layers: Annotated[str | None, typer.Option(help='per_layer: decoder layers to inject, e.g. "0,4,8"; empty = all.')] = None,
-    aux_layers: Annotated[str | None, typer.Option(help='Layers feeding L_orth/L_ctr, e.g. "0,1,2"; empty = all injected.')] = None,
-    lambda_orth: Annotated[float | None, typer.Option(help="Weight of L_orth.")] = None,
-    lambda_ctr: Annotated[float | None, typer.Option(help="Weight of L_ctr.")] = None,
-    tau: Annotated[float | None, typer.Option(help="InfoNCE temperature [default: 0.07].")] = None,
-    ctr_queue: Annotated[int | None, typer.Option(help="FIFO queue of extra L_ctr negatives [default: 64].")] = None,
+    evidence_source: Annotated[str | None, typer.Option(help=_evidence_help("evidence_source"))] = None,
+    evidence_dim: Annotated[int | None, typer.Option(help=_evidence_help("evidence_dim"))] = None,
+    evidence_topk: Annotated[int | None, typer.Option(help=_evidence_help("evidence_topk"))] = None,
+    inject_layers: Annotated[str | None, typer.Option(help=_evidence_help("inject_layers"))] = None,
+    aux_layers: Annotated[str | None, typer.Option(help=_evidence_help("aux_layers"))] = None,
+    lambda_orth: Annotated[float | None, typer.Option(help=_evidence_help("lambda_orth"))] = None,
+    lambda_ctr: Annotated[float | None, typer.Option(help=_evidence_help("lambda_ctr"))] = None,
+    tau: Annotated[float | None, typer.Option(help=_evidence_help("tau"))] = None,
+    ctr_queue: Annotated[int | None, typer.Option(help=_evidence_help("ctr_queue"))] = None,
     local_rank: Annotated[
         int | None, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")
     ] = None,
@@ -276,89 +286,189 @@ def demo(
 
 @app.command(name="eval")
 def eval_(
-    bench: Annotated[str, typer.Option(help="Benchmark: pope, chair or vqa.")],
-    out: Annotated[Path, typer.Option(help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes.")],
+    bench: Annotated[str, typer.Option(rich_help_panel="Benchmark and run", help="Benchmark: pope, chair or vqa.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            rich_help_panel="Benchmark and run", help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes."
+        ),
+    ],
     data: Annotated[
         Path | None,
         typer.Option(
-            help="POPE: a folder of split files (random/popular/adversarial) or one question file. CHAIR: a shapes-world or COCO folder."
+            rich_help_panel="Benchmark and run",
+            help="POPE: a folder of split files (random/popular/adversarial) or one question file. CHAIR: a shapes-world or COCO folder.",
         ),
     ] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder (default: found from --data when hallbench built it).")] = None,
-    model: Annotated[str, typer.Option(help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")] = "tiny-qwen",
-    split: Annotated[str, typer.Option(help="POPE split: random, popular, adversarial or all.")] = "all",
-    parser: Annotated[
-        str, typer.Option(help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes).")
-    ] = "hallbench",
-    prompt: Annotated[str | None, typer.Option(help='CHAIR captioning prompt (default "Please describe this image in detail.").')] = None,
-    drop_incomplete: Annotated[bool, typer.Option(help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")] = False,
-    instances: Annotated[Path | None, typer.Option(help="CHAIR: COCO instances file (default: from --data).")] = None,
-    captions: Annotated[Path | None, typer.Option(help="CHAIR: COCO captions file; its objects also count as ground truth.")] = None,
-    synonyms: Annotated[
-        Path | None, typer.Option(help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one).")
+    images: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="Benchmark and run", help="Image folder (default: found from --data when hallbench built it)."),
     ] = None,
-    marker: Annotated[str, typer.Option(help="VQA: the text before the final answer.")] = "### The final answer is:",
+    model: Annotated[
+        str, typer.Option(rich_help_panel="Model and backend", help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")
+    ] = "tiny-qwen",
+    split: Annotated[str, typer.Option(rich_help_panel="POPE", help="POPE split: random, popular, adversarial or all.")] = "all",
+    parser: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="POPE", help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes)."
+        ),
+    ] = "hallbench",
+    prompt: Annotated[
+        str | None, typer.Option(rich_help_panel="CHAIR", help='CHAIR captioning prompt (default "Please describe this image in detail.").')
+    ] = None,
+    drop_incomplete: Annotated[
+        bool, typer.Option(rich_help_panel="CHAIR", help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")
+    ] = False,
+    instances: Annotated[
+        Path | None, typer.Option(rich_help_panel="CHAIR", help="CHAIR: COCO instances file (default: from --data).")
+    ] = None,
+    captions: Annotated[
+        Path | None, typer.Option(rich_help_panel="CHAIR", help="CHAIR: COCO captions file; its objects also count as ground truth.")
+    ] = None,
+    synonyms: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="CHAIR", help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one)."),
+    ] = None,
+    marker: Annotated[
+        str, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: the text before the final answer.")
+    ] = "### The final answer is:",
     require_marker: Annotated[
-        bool, typer.Option(help="VQA: an answer without the marker counts as wrong (default: whole answer used, flagged).")
+        bool,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore",
+            help="VQA: an answer without the marker counts as wrong (default: whole answer used, flagged).",
+        ),
     ] = False,
     judge_base_url: Annotated[
-        str | None, typer.Option(help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com.")
+        str | None,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com."
+        ),
     ] = None,
-    judge_model: Annotated[str, typer.Option(help="VQA: judge model name.")] = "deepseek-chat",
+    judge_model: Annotated[
+        str, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: judge model name.")
+    ] = "deepseek-chat",
     judge_key_env: Annotated[
-        str | None, typer.Option(help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).")
+        str | None,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore",
+            help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).",
+        ),
     ] = None,
-    judge_concurrency: Annotated[int, typer.Option(help="VQA: judge requests in flight at once.")] = 8,
-    judge_timeout: Annotated[float, typer.Option(help="VQA: seconds one judge request may take before it is retried.")] = 60.0,
-    judge_attempts: Annotated[int, typer.Option(help="VQA: requests per judgement at most, the first included.")] = 6,
+    judge_concurrency: Annotated[
+        int, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: judge requests in flight at once.")
+    ] = 8,
+    judge_timeout: Annotated[
+        float,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: seconds one judge request may take before it is retried."
+        ),
+    ] = 60.0,
+    judge_attempts: Annotated[
+        int, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: requests per judgement at most, the first included.")
+    ] = 6,
     judge_max_tokens: Annotated[
-        int, typer.Option(help="VQA: the judge's completion budget (e.g. 4096 for a reasoning model that thinks in its reply).")
+        int,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore",
+            help="VQA: the judge's completion budget (e.g. 4096 for a reasoning model that thinks in its reply).",
+        ),
     ] = 16,
     judge_max_error_rate: Annotated[
-        float, typer.Option(help="VQA: fraction of CLOSED judgements that may fail before the run exits with status 1.")
+        float,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore",
+            help="VQA: fraction of CLOSED judgements that may fail before the run exits with status 1.",
+        ),
     ] = 0.0,
     bertscore_model: Annotated[
         str | None,
-        typer.Option(help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2)."),
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore",
+            help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2).",
+        ),
     ] = None,
-    bertscore_layers: Annotated[int | None, typer.Option(help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM).")] = None,
-    bertscore_baseline: Annotated[Path | None, typer.Option(help="VQA: baseline file for BERTScore rescaling.")] = None,
-    decoding: Annotated[str, typer.Option(help="greedy, sample or beam.")] = "greedy",
+    bertscore_layers: Annotated[
+        int | None,
+        typer.Option(
+            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM)."
+        ),
+    ] = None,
+    bertscore_baseline: Annotated[
+        Path | None, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: baseline file for BERTScore rescaling.")
+    ] = None,
+    decoding: Annotated[str, typer.Option(rich_help_panel="Decoding and prompt", help="greedy, sample or beam.")] = "greedy",
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024).")
+        int | None,
+        typer.Option(
+            rich_help_panel="Decoding and prompt", help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024)."
+        ),
     ] = None,
     system_prompt: Annotated[
-        str | None, typer.Option(help="A system turn before every question (default: none; the chat template's own default applies).")
+        str | None,
+        typer.Option(
+            rich_help_panel="Decoding and prompt",
+            help="A system turn before every question (default: none; the chat template's own default applies).",
+        ),
     ] = None,
     prompt_suffix: Annotated[
-        str | None, typer.Option(help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."')
+        str | None,
+        typer.Option(
+            rich_help_panel="Decoding and prompt",
+            help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."',
+        ),
     ] = None,
-    min_pixels: Annotated[int | None, typer.Option(help=MIN_PIXELS_HELP)] = None,
-    max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
+    min_pixels: Annotated[int | None, typer.Option(rich_help_panel="Model and backend", help=MIN_PIXELS_HELP)] = None,
+    max_pixels: Annotated[int | None, typer.Option(rich_help_panel="Model and backend", help=MAX_PIXELS_HELP)] = None,
     image_ids: Annotated[
-        Path | None, typer.Option(help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset).")
+        Path | None,
+        typer.Option(
+            rich_help_panel="CHAIR", help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset)."
+        ),
     ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
-            help="POPE: another label set for the same questions (RePOPE): folder of split files or one file; re-scores, never regenerates."
+            rich_help_panel="POPE",
+            help="POPE: another label set for the same questions (RePOPE): folder of split files or one file; re-scores, never regenerates.",
         ),
     ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (--decoding sample).")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus mass (--decoding sample).")] = 1.0,
-    num_beams: Annotated[int, typer.Option(help="Beams (--decoding beam).")] = 3,
-    seed: Annotated[int, typer.Option(help="Seed of the per-batch RNG (same seed, same sampled answers).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (per GPU).")] = 8,
-    max_samples: Annotated[int | None, typer.Option(help="Only the first N samples (quick checks).")] = None,
+    temperature: Annotated[
+        float, typer.Option(rich_help_panel="Decoding and prompt", help="Sampling temperature (--decoding sample).")
+    ] = 1.0,
+    top_p: Annotated[float, typer.Option(rich_help_panel="Decoding and prompt", help="Nucleus mass (--decoding sample).")] = 1.0,
+    num_beams: Annotated[int, typer.Option(rich_help_panel="Decoding and prompt", help="Beams (--decoding beam).")] = 3,
+    seed: Annotated[
+        int, typer.Option(rich_help_panel="Decoding and prompt", help="Seed of the per-batch RNG (same seed, same sampled answers).")
+    ] = 0,
+    batch_size: Annotated[int, typer.Option(rich_help_panel="Decoding and prompt", help="Samples per forward pass (per GPU).")] = 8,
+    max_samples: Annotated[
+        int | None, typer.Option(rich_help_panel="Benchmark and run", help="Only the first N samples (quick checks).")
+    ] = None,
     strict: Annotated[
-        bool, typer.Option(help="Stop at the first sample that cannot be evaluated (default: record it as an error and go on).")
+        bool,
+        typer.Option(
+            rich_help_panel="Benchmark and run",
+            help="Stop at the first sample that cannot be evaluated (default: record it as an error and go on).",
+        ),
     ] = False,
-    backend: Annotated[str, typer.Option(help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM).")] = "hf",
-    base_url: Annotated[str | None, typer.Option(help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
-    api_model: Annotated[str | None, typer.Option(help="openai backend: served model name.")] = None,
-    api_key_env: Annotated[str, typer.Option(help="openai backend: environment variable holding the API key.")] = "OPENAI_API_KEY",
-    device: Annotated[str | None, typer.Option(help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any.")] = None,
-    dtype: Annotated[str, typer.Option(help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(rich_help_panel="Model and backend", help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM)."),
+    ] = "hf",
+    base_url: Annotated[
+        str | None, typer.Option(rich_help_panel="Model and backend", help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
+    api_model: Annotated[str | None, typer.Option(rich_help_panel="Model and backend", help="openai backend: served model name.")] = None,
+    api_key_env: Annotated[
+        str, typer.Option(rich_help_panel="Model and backend", help="openai backend: environment variable holding the API key.")
+    ] = "OPENAI_API_KEY",
+    device: Annotated[
+        str | None,
+        typer.Option(rich_help_panel="Model and backend", help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(rich_help_panel="Model and backend", help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
 ) -> None:
     """Evaluate a model on POPE, CHAIR or VQA: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
     from hallbench.eval.engine import DecodingConfig

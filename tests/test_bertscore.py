@@ -18,7 +18,6 @@ from hallbench.eval.bertscore import (
     BertScoreConfig,
     BertScoreConfigError,
     BertScorer,
-    aggregate,
     bundled_baseline_path,
     packaged_minilm_path,
     resolve_bertscore,
@@ -105,15 +104,6 @@ def test_bad_inputs(scorer):
         scorer.score(["a", "b"], ["a"])
     with pytest.raises(TypeError, match="candidate 1 is NoneType"):
         scorer.score(["a", None], ["a", "b"])
-
-
-def test_aggregate():
-    summary = aggregate([(1.0, 0.5, 0.6), (0.0, 0.0, 0.0)])
-    assert summary.as_dict() == {"precision": 0.5, "recall": 0.25, "f1": 0.3, "n": 2}
-    assert aggregate([]).as_dict() == {"precision": None, "recall": None, "f1": None, "n": 0}
-
-
-# --- description / hash ---------------------------------------------------------------------------------
 
 
 def test_description_of_the_offline_model(scorer):

@@ -125,3 +125,55 @@ def test_an_eval_summary_printed_at_80_columns_has_no_cut_header(tmp_path, shape
     lines = result.output.splitlines()
     grid = lines[lines.index(next(line for line in lines if line.startswith("pope - "))) :]
     assert all(len(line) <= 80 for line in grid) and any("unknown_rate" in line for line in grid)
+
+
+def _params(command_name: str) -> dict:
+    import typer.main
+
+    command = typer.main.get_command(app).commands[command_name]  # type: ignore[attr-defined]
+    return {p.name: p for p in command.params}
+
+
+def test_train_help_comes_from_the_config_field_docs_with_their_defaults():
+    from hallbench.cli import _EVIDENCE_OPTIONS, _TRAIN_OPTIONS
+    from hallbench.fielddocs import field_docs, field_help
+    from hallbench.train.config import TrainConfig
+    from hallbench.train.method import EvidenceConfig
+
+    params = _params("train")
+    for option, field in _TRAIN_OPTIONS.items():
+        if option == "images":  # its default is derived from --data, which its own text says
+            continue
+        assert params[option].help == field_help(TrainConfig, field), option
+    for option in _EVIDENCE_OPTIONS:
+        assert params[option].help == field_help(EvidenceConfig, option, default="the preset's"), option
+    assert field_docs(TrainConfig)["learning_rate"] == "Peak learning rate (the seed's 1e-5)."
+    shown = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output
+    # Every default is visible (rich would eat an unescaped "[default: ...]"), and brackets of the docs survive.
+    assert "Peak learning rate (the seed's 1e-5). [default: 1e-05]" in shown
+    assert "Samples per device and step" in shown and "[default: 4]" in shown
+    assert "concat (h + W_c [h; e])" in shown and "[default: the preset's]" in shown
+
+
+def test_eval_defaults_are_the_config_defaults_and_options_are_grouped_by_benchmark():
+    from dataclasses import MISSING
+
+    from hallbench.eval.engine import DecodingConfig
+    from hallbench.eval.run import EvalConfig
+    from hallbench.fielddocs import field_default
+
+    params = _params("eval")
+    checked = 0
+    for cls in (EvalConfig, DecodingConfig):
+        for name in {f for f in cls.__dataclass_fields__} & set(params):
+            default = field_default(cls, name)
+            # max_new_tokens: None on the CLI means the benchmark's own default; EvalConfig.decoding is the DecodingConfig.
+            if default is MISSING or name == "max_new_tokens" or (cls is EvalConfig and name == "decoding"):
+                continue
+            assert params[name].default == (str(default) if isinstance(default, str) else default), name
+            checked += 1
+    assert checked >= 25
+    panels = {p.name: p.rich_help_panel for p in params.values()}
+    assert panels["parser"] == panels["labels"] == "POPE" and panels["synonyms"] == "CHAIR"
+    assert panels["judge_model"] == panels["bertscore_model"] == "VQA: answers, judge, BERTScore"
+    assert all(panels[name] for name in panels if name != "help")

@@ -25,7 +25,6 @@ from hallbench.eval.judge import (
     parse_verdict,
     resolve_api_key,
     scrub,
-    summarize_judgements,
 )
 from hallbench.eval.judge_server import normalize_answer, start_judge_server
 
@@ -89,8 +88,6 @@ def test_verdicts_end_to_end(server):
     assert stats["prompt_tokens"] == sum(j.prompt_tokens for j in judgements) and stats["completion_tokens"] == 3
     assert stats["total_tokens"] == stats["prompt_tokens"] + 3
     assert stats["key_source"] == "none (loopback)" and stats["prompt_id"] == PROMPT_ID
-    summary = summarize_judgements(judgements)
-    assert summary["accuracy"] == 2 / 3 and summary["n_correct"] == 2 and summary["judge_errors"] == 0
     assert json.loads(json.dumps([j.to_record() for j in judgements]))[0]["prompt_id"] == PROMPT_ID
 
 
@@ -197,18 +194,6 @@ def test_failed_judgements_are_excluded_from_the_accuracy(server):
     assert judgements[4].error == "unparseable: the judge replied 'Maybe', which gives no Yes or No (gave up after 3 attempts)"
     assert judgements[4].reply == "Maybe"
     assert s.requests == 3 + 3 + 3 and stats["judge_errors"] == 2 and stats["judged"] == 3
-    summary = summarize_judgements(judgements)
-    # 2 correct out of 3 judged: the failures are neither correct nor in the denominator.
-    assert summary == {
-        "n_items": 5,
-        "n_judged": 3,
-        "n_correct": 2,
-        "accuracy": 2 / 3,
-        "judge_errors": 2,
-        "error_ids": ["q4", "q5"],
-        "errors_by_kind": {"server_error": 1, "unparseable": 1},
-        "prompt_id": PROMPT_ID,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,17 +464,3 @@ def test_config_describe_and_loopback(tmp_path):
     assert resolve_api_key(cfg) == (LOCAL_DUMMY_KEY, "none (loopback)")
     assert not JudgeConfig(base_url="https://api.deepseek.com", model="m").is_loopback
     assert JudgeConfig(base_url="http://[::1]:8000/v1", model="m").is_loopback
-
-
-def test_summary_of_records_and_edge_cases():
-    records = [
-        {"id": "a", "verdict": True, "error": None, "error_kind": None, "prompt_id": PROMPT_ID},
-        {"id": "b", "verdict": None, "error": "timeout: ...", "error_kind": "timeout", "prompt_id": PROMPT_ID},
-    ]
-    summary = summarize_judgements(records)
-    assert summary["accuracy"] == 1.0 and summary["n_judged"] == 1 and summary["error_ids"] == ["b"]
-    empty = summarize_judgements(records[1:])
-    assert empty["accuracy"] is None and empty["judge_errors"] == 1  # nothing judged: no score, not 0.0
-    assert summarize_judgements([])["accuracy"] is None
-    with pytest.raises(HallbenchError, match=f"different judge prompts \\(equiv-v0, {PROMPT_ID}\\)"):
-        summarize_judgements([records[0], {**records[0], "id": "c", "prompt_id": "equiv-v0"}])

@@ -12,7 +12,7 @@ from hallbench.data.formats import read_pope_questions
 from hallbench.data.pope_build import SPLITS, PopeBuildConfig, build_pope
 from hallbench.data.shapes import THEMES, ShapesConfig, generate_shapes
 from hallbench.errors import DataFormatError, HallbenchError
-from hallbench.eval.pope import POPE_METRICS, aggregate_pope, join_by_question_id, parse_answer, pope_metrics
+from hallbench.eval.pope import POPE_METRICS, aggregate_pope, parse_answer, pope_metrics
 
 # ---------------------------------------------------------------------------------------------
 # parse_answer
@@ -284,48 +284,6 @@ def test_aggregate_empty_and_bad_records():
         aggregate_pope(_records("random", ["YES"], ["yes"]))
     with pytest.raises(HallbenchError, match=r"records\[1\] \(question_id 2\)\.parsed: expected 'yes', 'no' or 'unknown', found None"):
         aggregate_pope(_records("random", ["yes", "no"], ["yes", None]))
-
-
-# ---------------------------------------------------------------------------------------------
-# join_by_question_id
-
-
-def _label_file(tmp_path: Path) -> Path:
-    path = tmp_path / "labels.jsonl"
-    rows = [
-        {"question_id": i, "image": "a.png", "text": "Is there a star in the image?", "label": lab}
-        for i, lab in [(1, "yes"), (2, "no"), (3, "yes")]
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def test_join_matches_by_id_and_reports_missing(tmp_path):
-    questions = read_pope_questions(_label_file(tmp_path))
-    joined = join_by_question_id(questions, [{"question_id": 3, "text": "Yes"}, {"question_id": 1, "text": "No"}])
-    assert [(q.question_id, p["text"]) for q, p in joined.pairs] == [("1", "No"), ("3", "Yes")]  # question order
-    assert joined.missing == ["2"]
-    # Plain dicts work as questions too.
-    joined = join_by_question_id([{"question_id": "7", "label": "yes"}], [{"question_id": 7}])
-    assert len(joined.pairs) == 1 and joined.missing == []
-
-
-def test_join_errors_name_the_prediction(tmp_path):
-    questions = read_pope_questions(_label_file(tmp_path))
-    with pytest.raises(
-        HallbenchError, match=r"answers.jsonl, prediction 2: expected a question_id from labels.jsonl, found '9', which is not there"
-    ):
-        join_by_question_id(
-            questions, [{"question_id": 1}, {"question_id": 9}], labels_name="labels.jsonl", predictions_name="answers.jsonl"
-        )
-    with pytest.raises(
-        HallbenchError, match=r"prediction 3: expected one prediction per question_id, found '1' again \(first at prediction 1\)"
-    ):
-        join_by_question_id(questions, [{"question_id": 1}, {"question_id": 2}, {"question_id": "1"}])
-    with pytest.raises(HallbenchError, match=r"prediction 1: expected an object with a 'question_id'"):
-        join_by_question_id(questions, [{"id": 1}])
-    with pytest.raises(HallbenchError, match=r"question 2: expected a unique question_id, found '1' again"):
-        join_by_question_id([{"question_id": 1}, {"question_id": "1"}], [])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,11 +57,14 @@ scores with different hashes are not comparable.
 
 Example::
 
-    from hallbench.eval.bertscore import BertScoreConfig, BertScorer, aggregate
+    from hallbench.eval.bertscore import BertScoreConfig, BertScorer
 
     scorer = BertScorer(BertScoreConfig(device="cpu"))
     scores = scorer.score(["a red star"], ["a red star and a blue moon"])  # [(P, R, F1)]
-    summary = aggregate(scores).as_dict() | {"bertscore": scorer.description()}
+    record = {"bertscore": dict(zip(("precision", "recall", "f1"), scores[0])), "scorer": scorer.description()}
+
+The VQA bench averages the per-answer F1 over its open answers (``vqa.py``); the report recomputes
+that mean from the records.
 """
 
 from __future__ import annotations
@@ -462,36 +465,6 @@ def resolve_bertscore(config: BertScoreConfig, *, basemodel: Path | None = None,
     return ResolvedBertScore(config=config, name=name, path=folder, source=source, num_layers=num_layers, baseline=baseline)
 
 
-@dataclass(frozen=True)
-class BertScoreAggregate:
-    """Mean precision, recall and F1 over scored pairs; the means are ``None`` when there is no pair."""
-
-    precision: float | None
-    recall: float | None
-    f1: float | None
-    n: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1, "n": self.n}
-
-
-def aggregate(scores: Sequence[tuple[float, float, float]]) -> BertScoreAggregate:
-    """Mean P, R and F1 of per-pair scores (as returned by :meth:`BertScorer.score`).
-
-    Empty answers are included with their 0.0 scores. With no pair at all the means are ``None`` (undefined),
-    never 0.0, which would read as a real score; ``n`` tells the two apart.
-    """
-    n = len(scores)
-    if n == 0:
-        return BertScoreAggregate(None, None, None, 0)
-    return BertScoreAggregate(
-        precision=math.fsum(s[0] for s in scores) / n,
-        recall=math.fsum(s[1] for s in scores) / n,
-        f1=math.fsum(s[2] for s in scores) / n,
-        n=n,
-    )
-
-
 class BertScorer:
     """BERTScore with one model, loaded once: build it once per evaluation and call :meth:`score` as often as needed.
 
@@ -613,10 +586,6 @@ class BertScorer:
             for i, p, r, f in zip(chunk, precision.tolist(), recall.tolist(), f1.tolist(), strict=True):
                 results[i] = (float(p), float(r), float(f))
         return results
-
-    def aggregate(self, scores: Sequence[tuple[float, float, float]]) -> BertScoreAggregate:
-        """Mean P, R and F1 of ``scores``; see :func:`aggregate`."""
-        return aggregate(scores)
 
     def __repr__(self) -> str:
         return f"BertScorer({self.hash_string}, path={self.resolved.path})"

@@ -6,12 +6,11 @@ matcher for tests and for users without a key)::
 
     cfg = JudgeConfig(base_url="https://api.deepseek.com", model="deepseek-chat", cache_path=Path("runs/judge.sqlite"))
     judgements, stats = judge_many([JudgeItem("q1", "How many stars?", "3", "three")], cfg)
-    summary = summarize_judgements(judgements)   # accuracy over judged items; judge errors listed apart
 
 Invariants:
 - A failed or unparseable judgement is never counted as correct: its ``verdict`` is ``None``, its
-  ``error`` says why, and ``summarize_judgements`` leaves it out of the accuracy's denominator,
-  counts it in ``judge_errors`` and lists its id.
+  ``error`` says why, and the VQA bench's aggregate (``vqa.py``) leaves it out of the accuracy's
+  denominator, counts it in ``judge_errors`` and lists its id.
 - Only successful verdicts are cached, each committed as soon as it arrives: a crash loses at most
   the requests in flight, and a rerun of the same items requests exactly the ones without a cached
   verdict (the failed and the never-judged ones), so rerunning everything is the way to retry.
@@ -707,36 +706,3 @@ def probe_judge(cfg: JudgeConfig, *, sleep: Callable[[float], object] | None = N
 def _shared(judgement: Judgement, item_id: str) -> Judgement:
     """The judgement of an identical item: same verdict, no request of its own (``cached``, 0 attempts, 0 tokens)."""
     return replace(judgement, id=item_id, attempts=0, cached=True, prompt_tokens=0, completion_tokens=0)
-
-
-def summarize_judgements(judgements: Iterable[Judgement | Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy over the judged items; failed judgements are counted and listed, never counted correct.
-
-    Accepts ``Judgement`` objects or their records (dicts, e.g. read back from a JSONL file).
-
-    Returns:
-        ``n_items``; ``n_judged`` (items with a verdict); ``n_correct`` (verdict ``True``);
-        ``accuracy`` = n_correct / n_judged (``None`` when nothing was judged: not 0.0, which would
-        read as a score); ``judge_errors`` (items without a verdict); ``error_ids`` (their ids, in
-        order: rerun those); ``errors_by_kind``; ``prompt_id``.
-
-    Raises:
-        HallbenchError: judgements made with different prompt versions (they cannot be pooled).
-    """
-    records = [j.to_record() if isinstance(j, Judgement) else dict(j) for j in judgements]
-    prompt_ids = sorted({str(r.get("prompt_id")) for r in records})
-    if len(prompt_ids) > 1:
-        raise HallbenchError(f"judgements from different judge prompts ({', '.join(prompt_ids)}) cannot be pooled into one accuracy")
-    judged = [r for r in records if r.get("verdict") is not None]
-    failed = [r for r in records if r.get("verdict") is None]
-    n_correct = sum(r["verdict"] is True for r in judged)
-    return {
-        "n_items": len(records),
-        "n_judged": len(judged),
-        "n_correct": n_correct,
-        "accuracy": n_correct / len(judged) if judged else None,
-        "judge_errors": len(failed),
-        "error_ids": [r.get("id") for r in failed],
-        "errors_by_kind": dict(sorted(Counter(str(r.get("error_kind")) for r in failed).items())),
-        "prompt_id": prompt_ids[0] if prompt_ids else PROMPT_ID,
-    }

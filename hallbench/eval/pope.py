@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -326,71 +325,6 @@ def _score(records: Sequence[Mapping]) -> dict:
     metrics = pope_metrics([r["label"] for r in scored], [r["parsed"] for r in scored])
     metrics["n_errors"] = len(records) - len(scored)
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# Joining predictions to labels
-
-
-@dataclass
-class PopeJoin:
-    """Predictions matched to their questions by ``question_id``."""
-
-    pairs: list[tuple[Any, Mapping]]
-    """``(question, prediction)`` in the order of the questions."""
-    missing: list[str]
-    """Question ids (as strings) with no prediction, in the order of the questions."""
-
-
-def join_by_question_id(
-    questions: Sequence[Any],
-    predictions: Sequence[Mapping],
-    *,
-    labels_name: str = "the label file",
-    predictions_name: str = "the predictions",
-) -> PopeJoin:
-    """Match each prediction to its question by ``question_id``; report questions with no prediction.
-
-    ``questions`` are :class:`hallbench.data.formats.PopeQuestion` objects or dicts with a
-    ``question_id``; ``predictions`` are dicts with a ``question_id``. Ids are compared as strings,
-    so ``17`` in an answers file matches ``"17"`` from :func:`read_pope_questions`. Missing
-    predictions are not an error here (a partial run is legitimate); the caller decides what to do
-    with ``missing``. ``labels_name`` and ``predictions_name`` (file paths, usually) name the two
-    sides in error messages.
-
-    Raises:
-        HallbenchError: a question or prediction has no ``question_id``; a question id is repeated;
-            a prediction id is repeated; or a prediction's id is not among the questions.
-    """
-    by_id: dict[str, Any] = {}
-    for i, question in enumerate(questions):
-        qid = question.get("question_id") if isinstance(question, Mapping) else getattr(question, "question_id", None)
-        if qid is None:
-            raise HallbenchError(f"{labels_name}, question {i + 1}: expected a 'question_id', found {shorten(question)}")
-        qid = str(qid)
-        if qid in by_id:
-            raise HallbenchError(f"{labels_name}, question {i + 1}: expected a unique question_id, found '{qid}' again")
-        by_id[qid] = question
-    matched: dict[str, tuple[int, Mapping]] = {}
-    for i, prediction in enumerate(predictions):
-        if not isinstance(prediction, Mapping) or "question_id" not in prediction:
-            raise HallbenchError(
-                f"{predictions_name}, prediction {i + 1}: expected an object with a 'question_id', found {shorten(prediction)}"
-            )
-        qid = str(prediction["question_id"])
-        if qid not in by_id:
-            raise HallbenchError(
-                f"{predictions_name}, prediction {i + 1}: expected a question_id from {labels_name}, found '{qid}', which is not there"
-            )
-        if qid in matched:
-            raise HallbenchError(
-                f"{predictions_name}, prediction {i + 1}: expected one prediction per question_id, found '{qid}' again "
-                f"(first at prediction {matched[qid][0] + 1})"
-            )
-        matched[qid] = (i, prediction)
-    pairs = [(question, matched[qid][1]) for qid, question in by_id.items() if qid in matched]
-    missing = [qid for qid in by_id if qid not in matched]
-    return PopeJoin(pairs=pairs, missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ class EvidenceConfig:
     evidence_topk: int = 0
     """Attend to the K best-matching visual tokens only; 0 = all."""
     inject_layers: tuple[int, ...] = ()
-    """``per_layer``: decoder layers to inject into; empty = all."""
+    """``per_layer``: decoder layers to inject into (a comma list such as "0,4,8" on the command line); empty = all."""
     aux_layers: tuple[int, ...] = ()
-    """Layers whose aux tensors feed L_orth and L_ctr; empty = all injected layers."""
+    """Layers whose aux tensors feed L_orth and L_ctr (a comma list such as "0,1,2"); empty = all injected layers."""
     lambda_orth: float = 0.0
     """Weight of L_orth (cos^2 between evidence and residual stream)."""
     lambda_ctr: float = 0.0
