@@ -284,191 +284,176 @@ def demo(
 # Evaluation
 
 
+# `hallbench eval --help` groups its options by what they belong to.
+_RUN = "Benchmark and run"
+_POPE = "POPE"
+_CHAIR = "CHAIR"
+_VQA = "VQA: answers, judge, BERTScore"
+_DECODING = "Decoding and prompt"
+_BACKEND = "Model and backend"
+
+
 @app.command(name="eval")
 def eval_(
-    bench: Annotated[str, typer.Option(rich_help_panel="Benchmark and run", help="Benchmark: pope, chair or vqa.")],
+    bench: Annotated[str, typer.Option(rich_help_panel=_RUN, help="Benchmark: pope, chair or vqa.")],
     out: Annotated[
         Path,
-        typer.Option(
-            rich_help_panel="Benchmark and run", help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes."
-        ),
+        typer.Option(rich_help_panel=_RUN, help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes."),
     ],
     data: Annotated[
         Path | None,
         typer.Option(
-            rich_help_panel="Benchmark and run",
+            rich_help_panel=_RUN,
             help="POPE: a folder of split files (random/popular/adversarial) or one question file. CHAIR: a shapes-world or COCO folder.",
         ),
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(rich_help_panel="Benchmark and run", help="Image folder (default: found from --data when hallbench built it)."),
+        typer.Option(rich_help_panel=_RUN, help="Image folder (default: found from --data when hallbench built it)."),
     ] = None,
     model: Annotated[
-        str, typer.Option(rich_help_panel="Model and backend", help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")
+        str, typer.Option(rich_help_panel=_BACKEND, help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")
     ] = "tiny-qwen",
-    split: Annotated[str, typer.Option(rich_help_panel="POPE", help="POPE split: random, popular, adversarial or all.")] = "all",
+    split: Annotated[str, typer.Option(rich_help_panel=_POPE, help="POPE split: random, popular, adversarial or all.")] = "all",
     parser: Annotated[
         str,
         typer.Option(
-            rich_help_panel="POPE", help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes)."
+            rich_help_panel=_POPE, help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes)."
         ),
     ] = "hallbench",
     prompt: Annotated[
-        str | None, typer.Option(rich_help_panel="CHAIR", help='CHAIR captioning prompt (default "Please describe this image in detail.").')
+        str | None, typer.Option(rich_help_panel=_CHAIR, help='CHAIR captioning prompt (default "Please describe this image in detail.").')
     ] = None,
     drop_incomplete: Annotated[
-        bool, typer.Option(rich_help_panel="CHAIR", help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")
+        bool, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")
     ] = False,
     instances: Annotated[
-        Path | None, typer.Option(rich_help_panel="CHAIR", help="CHAIR: COCO instances file (default: from --data).")
+        Path | None, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: COCO instances file (default: from --data).")
     ] = None,
     captions: Annotated[
-        Path | None, typer.Option(rich_help_panel="CHAIR", help="CHAIR: COCO captions file; its objects also count as ground truth.")
+        Path | None, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: COCO captions file; its objects also count as ground truth.")
     ] = None,
     synonyms: Annotated[
         Path | None,
-        typer.Option(rich_help_panel="CHAIR", help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one)."),
+        typer.Option(rich_help_panel=_CHAIR, help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one)."),
     ] = None,
-    marker: Annotated[
-        str, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: the text before the final answer.")
-    ] = "### The final answer is:",
+    marker: Annotated[str, typer.Option(rich_help_panel=_VQA, help="VQA: the text before the final answer.")] = "### The final answer is:",
     require_marker: Annotated[
         bool,
         typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore",
+            rich_help_panel=_VQA,
             help="VQA: an answer without the marker counts as wrong (default: whole answer used, flagged).",
         ),
     ] = False,
     judge_base_url: Annotated[
         str | None,
-        typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com."
-        ),
+        typer.Option(rich_help_panel=_VQA, help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com."),
     ] = None,
-    judge_model: Annotated[
-        str, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: judge model name.")
-    ] = "deepseek-chat",
+    judge_model: Annotated[str, typer.Option(rich_help_panel=_VQA, help="VQA: judge model name.")] = "deepseek-chat",
     judge_key_env: Annotated[
         str | None,
         typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore",
+            rich_help_panel=_VQA,
             help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).",
         ),
     ] = None,
-    judge_concurrency: Annotated[
-        int, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: judge requests in flight at once.")
-    ] = 8,
+    judge_concurrency: Annotated[int, typer.Option(rich_help_panel=_VQA, help="VQA: judge requests in flight at once.")] = 8,
     judge_timeout: Annotated[
         float,
-        typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: seconds one judge request may take before it is retried."
-        ),
+        typer.Option(rich_help_panel=_VQA, help="VQA: seconds one judge request may take before it is retried."),
     ] = 60.0,
-    judge_attempts: Annotated[
-        int, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: requests per judgement at most, the first included.")
-    ] = 6,
+    judge_attempts: Annotated[int, typer.Option(rich_help_panel=_VQA, help="VQA: requests per judgement at most, the first included.")] = 6,
     judge_max_tokens: Annotated[
         int,
         typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore",
+            rich_help_panel=_VQA,
             help="VQA: the judge's completion budget (e.g. 4096 for a reasoning model that thinks in its reply).",
         ),
     ] = 16,
     judge_max_error_rate: Annotated[
         float,
         typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore",
+            rich_help_panel=_VQA,
             help="VQA: fraction of CLOSED judgements that may fail before the run exits with status 1.",
         ),
     ] = 0.0,
     bertscore_model: Annotated[
         str | None,
         typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore",
+            rich_help_panel=_VQA,
             help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2).",
         ),
     ] = None,
     bertscore_layers: Annotated[
         int | None,
-        typer.Option(
-            rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM)."
-        ),
+        typer.Option(rich_help_panel=_VQA, help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM)."),
     ] = None,
     bertscore_baseline: Annotated[
-        Path | None, typer.Option(rich_help_panel="VQA: answers, judge, BERTScore", help="VQA: baseline file for BERTScore rescaling.")
+        Path | None, typer.Option(rich_help_panel=_VQA, help="VQA: baseline file for BERTScore rescaling.")
     ] = None,
-    decoding: Annotated[str, typer.Option(rich_help_panel="Decoding and prompt", help="greedy, sample or beam.")] = "greedy",
+    decoding: Annotated[str, typer.Option(rich_help_panel=_DECODING, help="greedy, sample or beam.")] = "greedy",
     max_new_tokens: Annotated[
         int | None,
-        typer.Option(
-            rich_help_panel="Decoding and prompt", help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024)."
-        ),
+        typer.Option(rich_help_panel=_DECODING, help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024)."),
     ] = None,
     system_prompt: Annotated[
         str | None,
         typer.Option(
-            rich_help_panel="Decoding and prompt",
+            rich_help_panel=_DECODING,
             help="A system turn before every question (default: none; the chat template's own default applies).",
         ),
     ] = None,
     prompt_suffix: Annotated[
         str | None,
         typer.Option(
-            rich_help_panel="Decoding and prompt",
+            rich_help_panel=_DECODING,
             help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."',
         ),
     ] = None,
-    min_pixels: Annotated[int | None, typer.Option(rich_help_panel="Model and backend", help=MIN_PIXELS_HELP)] = None,
-    max_pixels: Annotated[int | None, typer.Option(rich_help_panel="Model and backend", help=MAX_PIXELS_HELP)] = None,
+    min_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=MIN_PIXELS_HELP)] = None,
+    max_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=MAX_PIXELS_HELP)] = None,
     image_ids: Annotated[
         Path | None,
         typer.Option(
-            rich_help_panel="CHAIR", help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset)."
+            rich_help_panel=_CHAIR, help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset)."
         ),
     ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
-            rich_help_panel="POPE",
+            rich_help_panel=_POPE,
             help="POPE: another label set for the same questions (RePOPE): folder of split files or one file; re-scores, never regenerates.",
         ),
     ] = None,
-    temperature: Annotated[
-        float, typer.Option(rich_help_panel="Decoding and prompt", help="Sampling temperature (--decoding sample).")
-    ] = 1.0,
-    top_p: Annotated[float, typer.Option(rich_help_panel="Decoding and prompt", help="Nucleus mass (--decoding sample).")] = 1.0,
-    num_beams: Annotated[int, typer.Option(rich_help_panel="Decoding and prompt", help="Beams (--decoding beam).")] = 3,
-    seed: Annotated[
-        int, typer.Option(rich_help_panel="Decoding and prompt", help="Seed of the per-batch RNG (same seed, same sampled answers).")
-    ] = 0,
-    batch_size: Annotated[int, typer.Option(rich_help_panel="Decoding and prompt", help="Samples per forward pass (per GPU).")] = 8,
-    max_samples: Annotated[
-        int | None, typer.Option(rich_help_panel="Benchmark and run", help="Only the first N samples (quick checks).")
-    ] = None,
+    temperature: Annotated[float, typer.Option(rich_help_panel=_DECODING, help="Sampling temperature (--decoding sample).")] = 1.0,
+    top_p: Annotated[float, typer.Option(rich_help_panel=_DECODING, help="Nucleus mass (--decoding sample).")] = 1.0,
+    num_beams: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Beams (--decoding beam).")] = 3,
+    seed: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Seed of the per-batch RNG (same seed, same sampled answers).")] = 0,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Samples per forward pass (per GPU).")] = 8,
+    max_samples: Annotated[int | None, typer.Option(rich_help_panel=_RUN, help="Only the first N samples (quick checks).")] = None,
     strict: Annotated[
         bool,
         typer.Option(
-            rich_help_panel="Benchmark and run",
+            rich_help_panel=_RUN,
             help="Stop at the first sample that cannot be evaluated (default: record it as an error and go on).",
         ),
     ] = False,
     backend: Annotated[
         str,
-        typer.Option(rich_help_panel="Model and backend", help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM)."),
+        typer.Option(rich_help_panel=_BACKEND, help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM)."),
     ] = "hf",
     base_url: Annotated[
-        str | None, typer.Option(rich_help_panel="Model and backend", help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
+        str | None, typer.Option(rich_help_panel=_BACKEND, help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
     ] = None,
-    api_model: Annotated[str | None, typer.Option(rich_help_panel="Model and backend", help="openai backend: served model name.")] = None,
+    api_model: Annotated[str | None, typer.Option(rich_help_panel=_BACKEND, help="openai backend: served model name.")] = None,
     api_key_env: Annotated[
-        str, typer.Option(rich_help_panel="Model and backend", help="openai backend: environment variable holding the API key.")
+        str, typer.Option(rich_help_panel=_BACKEND, help="openai backend: environment variable holding the API key.")
     ] = "OPENAI_API_KEY",
     device: Annotated[
         str | None,
-        typer.Option(rich_help_panel="Model and backend", help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any."),
+        typer.Option(rich_help_panel=_BACKEND, help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any."),
     ] = None,
-    dtype: Annotated[str, typer.Option(rich_help_panel="Model and backend", help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[str, typer.Option(rich_help_panel=_BACKEND, help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
 ) -> None:
     """Evaluate a model on POPE, CHAIR or VQA: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
     from hallbench.eval.engine import DecodingConfig

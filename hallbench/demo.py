@@ -395,7 +395,7 @@ def variation_note(frame: Any, seeds: list[int]) -> list[str]:
             "the numbers also move with the CPU and the installed versions (README)."
         ]
     lines = [f"Across fine-tuning seeds {', '.join(map(str, seeds))} (mean ± standard deviation; Ours - Base seed by seed):"]
-    greedy = frame[(frame.decoding == "greedy") & (frame.table == "table2")]
+    greedy = frame[(frame.decoding == "greedy") & (frame.table == "table2") & (frame.scoring == "")]
     for bench, split, metric, name in NOTE_METRICS:
         rows = greedy[(greedy.bench == bench) & (greedy.split == split) & (greedy.metric == metric)]
         base, ours = rows[(rows.variant == "base") & ~rows.per_seed], rows[(rows.variant == "ours") & ~rows.per_seed]

@@ -173,11 +173,24 @@ def test_beam_search_runs_batched(tmp_path, shapes_dir, qwen_backend_factory):
 class _ChatServer(BaseHTTPRequestHandler):
     requests: list[dict] = []
     auth: list[str] = []
+    failures: list[int] = []
+    """HTTP statuses to answer the next requests with, in order (then normal answers)."""
 
     def do_POST(self):  # noqa: N802 - http.server naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         type(self).auth.append(self.headers.get("Authorization", ""))
+        if type(self).failures:
+            status = type(self).failures.pop(0)
+            # As OpenAI does on a 401, the error echoes part of the key.
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            error = json.dumps({"error": {"message": f"status {status}; Incorrect API key provided: {key}", "type": "x"}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
         content = body["messages"][0]["content"]
         n_images = sum(
             1 for part in content if part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
@@ -202,7 +215,7 @@ class _ChatServer(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def chat_server():
-    _ChatServer.requests, _ChatServer.auth = [], []
+    _ChatServer.requests, _ChatServer.auth, _ChatServer.failures = [], [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -222,6 +235,31 @@ def test_openai_backend_sends_images_as_data_urls(tmp_path, shapes_dir, chat_ser
     assert set(_ChatServer.auth) == {f"Bearer {secret}"}
     assert secret not in json.dumps(backend.describe())
     assert all(secret not in p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_openai_backend_retries_like_the_judge_and_stops_with_a_scrubbed_line(tmp_path, shapes_dir, chat_server, monkeypatch):
+    secret = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("HALLBENCH_TEST_KEY", secret)
+    waits: list[float] = []
+    monkeypatch.setattr(OpenAIBackend, "_sleep", staticmethod(waits.append))
+    decoding = DecodingConfig(max_new_tokens=5, batch_size=1)
+    backend = OpenAIBackend(chat_server, "served-model", decoding, key_env="HALLBENCH_TEST_KEY")
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    _ChatServer.failures = [503, 429]  # retryable: answered on the third request
+    records = generate_predictions(_samples(shapes_dir, 1), backend, decoding, tmp_path / "a", _score, progress=False)
+    assert records[0]["prediction"] == f"1 image(s): {PROMPTS[0]}" and len(_ChatServer.requests) == 3 and len(waits) == 2
+    assert all(0 <= w <= OpenAIBackend.BACKOFF_MAX_S for w in waits)
+    _ChatServer.requests, _ChatServer.failures = [], [401]  # not retryable: one request, one line, no key
+    with pytest.raises(HallbenchError) as failed:
+        generate_predictions(_samples(shapes_dir, 2), backend, decoding, tmp_path / "b", _score, progress=False)
+    message = str(failed.value)
+    assert "auth: HTTP 401" in message and "(not retried)" in message and "run again to resume" in message
+    assert secret not in message and "sk-test" not in message and len(_ChatServer.requests) == 1
+    _ChatServer.requests, _ChatServer.failures = [], [500] * OpenAIBackend.ATTEMPTS  # every attempt fails
+    with pytest.raises(HallbenchError, match=f"server_error: HTTP 500.*gave up after {OpenAIBackend.ATTEMPTS} attempts"):
+        generate_predictions(_samples(shapes_dir, 1), backend, decoding, tmp_path / "c", _score, progress=False)
+    assert len(_ChatServer.requests) == OpenAIBackend.ATTEMPTS
 
 
 def test_openai_backend_needs_its_key(monkeypatch):

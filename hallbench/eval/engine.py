@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.openai_api import backoff_delay, classify, scrub
 
 DECODINGS = ("greedy", "sample", "beam")
 
@@ -170,8 +171,17 @@ class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint (vLLM, SGLang, OpenAI...); images go as base64 data URLs.
 
     The API key is read from the environment variable named by ``key_env``; it is never stored in
-    the config, the predictions or any message.
+    the config, the predictions or any message. Requests go through :mod:`hallbench.eval.openai_api`
+    as the judge's do: a retryable failure (429, 5xx, timeout, connection, a non-JSON 200) is retried
+    up to ``ATTEMPTS`` times with the same capped, jittered backoff (a server's ``Retry-After``
+    honoured); the last failure, or a non-retryable one (401, 400, ...), stops the run with one
+    scrubbed line, and the answers written so far are kept for the resume.
     """
+
+    ATTEMPTS = 6
+    TIMEOUT_S = 120.0
+    BACKOFF_BASE_S = 1.0
+    BACKOFF_MAX_S = 30.0
 
     def __init__(
         self,
@@ -183,7 +193,7 @@ class OpenAIBackend:
         concurrency: int = 8,
         system_prompt: str | None = None,
     ):
-        from openai import OpenAI
+        from hallbench.eval.openai_api import make_client
 
         self.system_prompt = system_prompt
         if decoding.decoding == "beam":
@@ -192,7 +202,8 @@ class OpenAIBackend:
         key = os.environ.get(key_env)
         if not key:
             raise HallbenchError(f"the openai backend needs an API key in the environment variable {key_env} (it is empty or unset)")
-        self.client = OpenAI(base_url=base_url, api_key=key, max_retries=3, timeout=120)
+        self._secret = key  # in memory only: never in describe(), a record or a message (scrubbed)
+        self.client = make_client(base_url, key, timeout_s=self.TIMEOUT_S)
         self.concurrency = concurrency
 
     def describe(self) -> dict[str, Any]:
@@ -224,15 +235,36 @@ class OpenAIBackend:
     def _one(self, sample: Sample, images: list[Any], seed: int) -> str:
         messages = self.request_messages(sample, images)
         greedy = self.decoding.decoding == "greedy"
-        response = self.client.chat.completions.create(
-            model=self.api_model,
-            messages=messages,
-            max_tokens=self.decoding.max_new_tokens,
-            temperature=0.0 if greedy else self.decoding.temperature,
-            top_p=1.0 if greedy else self.decoding.top_p,
-            seed=seed,
-        )
-        return response.choices[0].message.content or ""
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.api_model,
+                    messages=messages,
+                    max_tokens=self.decoding.max_new_tokens,
+                    temperature=0.0 if greedy else self.decoding.temperature,
+                    top_p=1.0 if greedy else self.decoding.top_p,
+                    seed=seed,
+                )
+                return response.choices[0].message.content or ""
+            except Exception as err:  # noqa: BLE001 - classify() names the SDK's failures; anything else propagates
+                failure = classify(err, timeout_s=self.TIMEOUT_S)
+                if failure is None:
+                    raise
+                if not failure.retryable or attempt == self.ATTEMPTS:
+                    tried = "not retried" if not failure.retryable else f"gave up after {attempt} attempts"
+                    raise HallbenchError(
+                        scrub(
+                            f"the openai backend at {self.base_url} (model {self.api_model}) failed on sample {sample.id}: "
+                            f"{failure.kind}: {failure.detail} ({tried}); the answers written so far are kept: run again to resume",
+                            self._secret,
+                        )
+                    ) from None
+                self._sleep(backoff_delay(attempt, base_s=self.BACKOFF_BASE_S, max_s=self.BACKOFF_MAX_S, server_s=failure.retry_after_s))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _sleep(seconds: float) -> None:
+        time.sleep(seconds)
 
     def generate(self, samples: list[Sample], images: list[list[Any]], chunk_seed: int) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

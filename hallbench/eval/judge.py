@@ -29,13 +29,12 @@ import json
 import logging
 import os
 import queue
-import random
 import re
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.openai_api import LOCAL_DUMMY_KEY, backoff_delay, classify, make_client, scrub, short
 from hallbench.provenance import check_env_name, check_url_has_no_credentials
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ whenever the prompt text, the request parameters or the verdict parsing change."
 DEFAULT_KEY_ENVS = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY")
 """Environment variables tried, in this order, when ``JudgeConfig.key_env`` is ``None``."""
 
-LOCAL_DUMMY_KEY = "hallbench-local-no-key"
-"""Sent to a loopback endpoint (127.0.0.1, localhost, ::1) when no key is set: local servers need none."""
 
 MAX_TOKENS = 16
 """Default completion budget: "Yes" or "No" is one or two tokens; room for "**Yes.**" or "Yes, they are
@@ -226,20 +224,6 @@ def resolve_api_key(cfg: JudgeConfig) -> tuple[str, str]:
     raise HallbenchError(f"the LLM judge at {cfg.base_url} needs an API key: set the environment variable {tried} ({state})")
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` with the secret, bearer tokens and ``sk-`` style keys replaced by ``[redacted]``.
-
-    Applied to every string derived from an exception or a server reply before it is stored, logged
-    or raised. Besides the exact secret, it removes partial echoes such as OpenAI's
-    "Incorrect API key provided: sk-abc***wxyz".
-    """
-    if secret and secret != LOCAL_DUMMY_KEY:
-        text = text.replace(secret, "[redacted]")
-    text = re.sub(r"(?i)\bbearer\s+\S+", "Bearer [redacted]", text)
-    text = re.sub(r"(?i)(api[ _-]?key[^:]{0,20}:\s*)\S+", r"\1[redacted]", text)
-    return re.sub(r"\bsk-[A-Za-z0-9_*.\-]{4,}", "[redacted]", text)
-
-
 # ---------------------------------------------------------------------------------------------
 # Items and results
 
@@ -387,30 +371,6 @@ class JudgeCache:
 # ---------------------------------------------------------------------------------------------
 # One request, with retries
 
-_RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx; the openai SDK's own retry set
-_NAMED_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 409: "conflict", 429: "rate_limit"}
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header; ``None`` when absent or not a number."""
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                seconds = float(value) * scale
-            except ValueError:
-                continue  # an HTTP date: fall back to our own backoff
-            if 0 <= seconds < float("inf"):
-                return seconds
-    return None
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def _count(value: object) -> int:
     """A token count from ``usage``; 0 when a server omits it or sends nonsense."""
@@ -432,9 +392,7 @@ def _read_completion(data: object) -> tuple[str | None, int, int]:
 
 def _client(cfg: JudgeConfig, secret: str) -> Any:
     """The openai client of a judge: no retries of its own (``_judge_one`` retries), the per-request timeout."""
-    from openai import OpenAI
-
-    return OpenAI(base_url=cfg.base_url, api_key=secret, max_retries=0, timeout=cfg.timeout_s)
+    return make_client(cfg.base_url, secret, timeout_s=cfg.timeout_s)
 
 
 def _judge_one(
@@ -447,8 +405,6 @@ def _judge_one(
     key_source: str,
 ) -> _Outcome:
     """Request a verdict for ``item`` until one parses, a non-retryable error, or ``cfg.max_attempts``."""
-    import openai
-
     out = _Outcome()
     messages = [{"role": "user", "content": build_judge_prompt(item.question, item.reference, item.prediction)}]
     kind, detail = "cancelled", "the run was interrupted"
@@ -463,26 +419,18 @@ def _judge_one(
                 model=cfg.model, messages=messages, temperature=0.0, max_tokens=cfg.max_tokens
             )
             data = raw.http_response.json()
-        except openai.APIStatusError as err:
-            status = err.status_code
-            retryable = status in _RETRYABLE_STATUS or status >= 500
-            kind = _NAMED_STATUS.get(status, "server_error" if status >= 500 else f"http_{status}")
-            detail = f"HTTP {status}: {_short(str(err))}"
-            if status in (401, 403) and key_source == "none (loopback)":
+        except Exception as err:  # noqa: BLE001 - classify() names the SDK's failures; anything else propagates
+            failure = classify(err, timeout_s=cfg.timeout_s)
+            if failure is None:
+                raise
+            kind, detail = failure.kind, failure.detail
+            if failure.status in (401, 403) and key_source == "none (loopback)":
                 detail += f" (no API key was set; set {cfg.key_env or ' or '.join(DEFAULT_KEY_ENVS)})"
-            if not retryable:
+            if not failure.retryable:
                 out.failed_kinds.append(kind)
                 out.error_kind, out.error = kind, scrub(f"{kind}: {detail} (not retried)", secret)
                 return out
-            retry_after = _retry_after(err.response.headers)
-        except openai.APITimeoutError:
-            kind, detail = "timeout", f"no answer within {cfg.timeout_s:g} s"
-        except openai.APIConnectionError as err:
-            cause = err.__cause__ or err
-            kind, detail = "connection", _short(f"{type(cause).__name__}: {cause}")
-        except (openai.APIResponseValidationError, ValueError) as err:
-            # A 200 whose body is not JSON (json.JSONDecodeError is a ValueError).
-            kind, detail = "malformed", _short(f"{type(err).__name__}: {err}")
+            retry_after = failure.retry_after_s
         else:
             text, prompt_tokens, completion_tokens = _read_completion(data)
             out.prompt_tokens += prompt_tokens
@@ -490,7 +438,7 @@ def _judge_one(
             if text is None:
                 kind, detail = "malformed", "the response holds no choices[0].message.content string"
             else:
-                out.reply = scrub(_short(text), secret)
+                out.reply = scrub(short(text), secret)
                 verdict = parse_verdict(text)
                 if verdict is not None:
                     out.verdict = verdict
@@ -499,10 +447,7 @@ def _judge_one(
         out.failed_kinds.append(kind)
         log.debug("judge item %s attempt %d: %s", item.id, out.attempts, scrub(f"{kind}: {detail}", secret))
         if out.attempts < cfg.max_attempts:
-            if retry_after is not None:
-                delay = min(retry_after, cfg.backoff_max_s)  # honour the server, up to our cap
-            else:
-                delay = random.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (out.attempts - 1)))
+            delay = backoff_delay(out.attempts, base_s=cfg.backoff_base_s, max_s=cfg.backoff_max_s, server_s=retry_after)
             out.backoff_s += delay
             sleep(delay)
     out.error_kind = kind

@@ -161,7 +161,7 @@ def _missing_md(table: Table) -> list[str]:
 
 def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Skipped]) -> list[tuple[Path, str]]:
     from hallbench.report.collect import variant_rank
-    from hallbench.report.plots import plot_pope, plot_seeds, plot_training_curves
+    from hallbench.report.plots import own_cells, plot_pope, plot_seeds, plot_training_curves
     from hallbench.report.tables import _slug
 
     written: list[tuple[Path, str]] = []
@@ -197,13 +197,14 @@ def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Sk
         if plot_training_curves(title, records, path, provenance=source):
             written.append((path, source))
     labels = {r.variant: r.variant_label for r in found.evals}
-    greedy_pope = frame[(frame.bench == "pope") & (frame.decoding == "greedy") & ~frame.per_seed.astype(bool)]
+    cells = own_cells(frame)
+    greedy_pope = cells[(cells.bench == "pope") & (cells.decoding == "greedy")]
     pope_runs = sorted({path for runs in greedy_pope.run for path in str(runs).split(";")})
     source = "evaluation runs " + ", ".join(pope_runs)
     path = out / "pope_f1_yes_ratio.png"
     if plot_pope(frame, path, labels=labels, provenance=source):
         written.append((path, source))
-    several = frame[(frame.n_seeds > 1) & ~frame.per_seed.astype(bool) & (frame.decoding == "greedy")]
+    several = cells[(cells.n_seeds > 1) & (cells.decoding == "greedy")]
     seed_runs = sorted({path for runs in several.run for path in str(runs).split(";")})
     source = "evaluation runs " + ", ".join(seed_runs)
     path = out / "seeds.png"

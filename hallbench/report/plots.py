@@ -86,9 +86,8 @@ def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provena
     ± the standard deviation across seeds), one row of panels per model, the value axis zoomed to the
     data. Greedy decoding only, as in the paper's tables. Returns False (no file) when there is no POPE number.
     """
-    data = frame[
-        (frame.bench == "pope") & (frame.decoding == "greedy") & frame.metric.isin(["f1", "yes_ratio"]) & ~frame.per_seed.astype(bool)
-    ]
+    data = own_cells(frame)
+    data = data[(data.bench == "pope") & (data.decoding == "greedy") & data.metric.isin(["f1", "yes_ratio"])]
     if data.empty:
         return False
     plt = _pyplot()
@@ -133,6 +132,11 @@ def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provena
     return True
 
 
+def own_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame's rows of the cells themselves: not the per-seed rows, not the re-scorings."""
+    return frame[~frame.per_seed.astype(bool) & (frame.scoring == "")]
+
+
 def _error_bounds(entry: object) -> tuple[float, float]:
     """The whisker of a frame row: ± the seeds' standard deviation over several seeds, else its 95% CI
     (the value itself when there is neither)."""
@@ -155,7 +159,7 @@ SEED_METRICS = (
 def plot_seeds(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
     """Per-seed values (dots) and their mean (bar) per variant for the paper's main metrics, greedy
     decoding, one row of panels per model. Returns False (no file) when no cell has several seeds."""
-    greedy = frame[frame.decoding == "greedy"]
+    greedy = frame[(frame.decoding == "greedy") & (frame.scoring == "")]
     several = greedy[(greedy.n_seeds > 1) & ~greedy.per_seed.astype(bool)]
     if several.empty:
         return False
