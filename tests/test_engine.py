@@ -173,13 +173,22 @@ def test_beam_search_runs_batched(tmp_path, shapes_dir, qwen_backend_factory):
 class _ChatServer(BaseHTTPRequestHandler):
     requests: list[dict] = []
     auth: list[str] = []
-    failures: list[int] = []
-    """HTTP statuses to answer the next requests with, in order (then normal answers)."""
+    failures: list[int | str] = []
+    """HTTP statuses (or "html": a 200 that is no completion) to answer the next requests with, in order."""
 
     def do_POST(self):  # noqa: N802 - http.server naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         type(self).auth.append(self.headers.get("Authorization", ""))
+        if type(self).failures and type(self).failures[0] == "html":  # a proxy's page instead of a completion
+            type(self).failures.pop(0)
+            page = b"<html>gateway</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if type(self).failures:
             status = type(self).failures.pop(0)
             # As OpenAI does on a 401, the error echoes part of the key.
@@ -246,9 +255,9 @@ def test_openai_backend_retries_like_the_judge_and_stops_with_a_scrubbed_line(tm
     backend = OpenAIBackend(chat_server, "served-model", decoding, key_env="HALLBENCH_TEST_KEY")
     for name in "abc":
         (tmp_path / name).mkdir()
-    _ChatServer.failures = [503, 429]  # retryable: answered on the third request
+    _ChatServer.failures = [503, "html", 429]  # retryable: answered on the fourth request
     records = generate_predictions(_samples(shapes_dir, 1), backend, decoding, tmp_path / "a", _score, progress=False)
-    assert records[0]["prediction"] == f"1 image(s): {PROMPTS[0]}" and len(_ChatServer.requests) == 3 and len(waits) == 2
+    assert records[0]["prediction"] == f"1 image(s): {PROMPTS[0]}" and len(_ChatServer.requests) == 4 and len(waits) == 3
     assert all(0 <= w <= OpenAIBackend.BACKOFF_MAX_S for w in waits)
     _ChatServer.requests, _ChatServer.failures = [], [401]  # not retryable: one request, one line, no key
     with pytest.raises(HallbenchError) as failed:

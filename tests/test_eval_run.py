@@ -143,6 +143,29 @@ def test_repope_labels_rescore_against_the_corrected_set_and_count_removed_quest
         run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
 
 
+def test_the_reports_rescoring_command_rescores_the_run_it_names(tmp_path, pope_dir, monkeypatch):
+    """The missing-cell command the report writes for a re-scoring carries the run's own settings, so
+    that the CLI re-scores it (no model) instead of refusing it as another experiment."""
+    import shlex
+
+    from hallbench.report.tables import _identity_flags
+
+    out = tmp_path / "run"
+    decoding = DecodingConfig(max_new_tokens=7, batch_size=3, seed=5)
+    cfg = EvalConfig(
+        bench="pope", data=pope_dir, out=out, split="random", prompt_suffix="Answer yes or no.", max_samples=6, decoding=decoding
+    )
+    run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
+    config = json.loads((out / "config.json").read_text())
+    flags = _identity_flags(config["eval"], json.loads((out / "summary.json").read_text())["max_samples"])
+    assert "--max-new-tokens 7" in flags and "--batch-size 3" in flags and "--seed 5" in flags and "--max-samples 6" in flags
+    _no_model(monkeypatch)
+    args = ["eval", *(part for flag in flags for part in shlex.split(flag)), "--parser", "official", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "scores" / "parser-official" / "summary.json").is_file()
+
+
 def test_rescoring_an_unfinished_run_is_refused(tmp_path, pope_dir, monkeypatch):
     out = tmp_path / "run"
     cfg = EvalConfig(bench="pope", data=pope_dir, out=out, split="random", max_samples=4)

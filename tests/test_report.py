@@ -879,6 +879,21 @@ def test_several_seeds_share_a_cell_mean_sd_per_seed_rows_and_the_test_over_seed
         run_report(runs, tmp_path / "report2")
 
 
+def test_a_several_seed_cell_whose_seeds_base_lacks_is_not_tested(tmp_path):
+    runs = tmp_path / "runs"
+    base = training_run(runs / "train", "base", log=train_log("base"), seed=0)
+    eval_pope(runs / "eval" / "base_seed0", {"random": yes_no(10, 10, wrong_no=5)}, training=base, variant="base")
+    for seed in (0, 1):
+        ours = training_run(runs / "train", "ours", log=train_log("ours"), seed=seed)
+        eval_pope(runs / "eval" / f"ours_seed{seed}", {"random": yes_no(10, 10)}, training=ours, variant="ours")
+    result = run_report(runs, tmp_path / "report", n_resamples=50)
+    cell = _row(result.frame, variant="ours", split="random", metric="accuracy", per_seed=False)
+    assert pd_isna(cell.p_value) and pd_isna(cell.base_run)  # not the seed-0 test shown as the cell's
+    seed0 = _row(result.frame, variant="ours", split="random", metric="accuracy", per_seed=True, seed=0)
+    assert seed0.delta == pytest.approx(25.0)  # the seed that has a Base is still compared, on its own row
+    assert any("seed(s) 1 have no Base run of the same seed" in w.reason for w in result.warnings)
+
+
 def test_one_seed_of_a_variant_pairs_with_the_same_seed_of_base(tmp_path):
     runs = tmp_path / "runs"
     for seed, n_wrong in enumerate((4, 5, 6)):
@@ -948,7 +963,10 @@ def test_pope_and_repope_side_by_side_from_the_runs_scores_folders(tmp_path):
     missing = [m for m in table.missing if m.row.variant == "ma"]
     assert [m.scoring for m in missing] == ["labels-repope"]
     # (its own evaluation command, into its own folder, so that nothing is generated again)
-    assert missing[0].commands == [f"hallbench eval --bench pope --model {paths['ma']} --data /data/pope --labels /data/repope --out {ma}"]
+    # (every recorded setting that is not the default, here the answer length, or the run would refuse it)
+    assert missing[0].commands == [
+        f"hallbench eval --bench pope --model {paths['ma']} --data /data/pope --max-new-tokens 64 --labels /data/repope --out {ma}"
+    ]
     md = (tmp_path / "report" / "pope_scorings.md").read_text()
     assert "| Tiny-Qwen3-VL | Ours | Greedy |" in md and "POPE random scored as repope" in md
     # The paper tables still show the runs' own scoring only.

@@ -245,7 +245,12 @@ class OpenAIBackend:
                     top_p=1.0 if greedy else self.decoding.top_p,
                     seed=seed,
                 )
-                return response.choices[0].message.content or ""
+                try:
+                    content = response.choices[0].message.content
+                except (AttributeError, IndexError, TypeError):
+                    # A 200 that is not a chat completion (a proxy's HTML page, no choices): malformed, retried.
+                    raise ValueError(f"the response holds no choices[0].message.content (got {type(response).__name__})") from None
+                return content or ""
             except Exception as err:  # noqa: BLE001 - classify() names the SDK's failures; anything else propagates
                 failure = classify(err, timeout_s=self.TIMEOUT_S)
                 if failure is None:

@@ -279,7 +279,7 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
             training_path=Path(training["path"]) if training.get("path") else None,
             git_commit=config.get("git_commit"),
             created=config.get("created"),
-            seed=_training_seed(training),
+            seed=_training_seed(training, folder),
         )
         if run.table not in PAPER_TABLES:
             found.excluded.append(Skipped(folder, f"variant {variant_name!r} belongs to no paper table (table {run.table!r})"))
@@ -347,15 +347,20 @@ def scoring_label(scoring: str) -> str:
     return ", ".join(parts)
 
 
-def _training_seed(training: dict) -> int | None:
-    """``training_run.seed`` (recorded since seeds became a dimension), else the training run's own config."""
+def _training_seed(training: dict, eval_folder: Path) -> int | None:
+    """``training_run.seed`` (recorded since seeds became a dimension), else the training run's own config
+    (older evaluations recorded its path as given, relative to where they ran: looked for above the
+    evaluation folder too)."""
     seed = training.get("seed")
     if seed is None and training.get("path"):
-        for folder in (Path(training["path"]), Path(training["path"]).parent):  # a run, or one of its checkpoint-N
-            config, problem = _read_json(folder / "hallbench_config.json")
-            if problem is None and isinstance(config, dict):
-                seed = (config.get("train") or {}).get("seed")
-                break
+        path = Path(training["path"])
+        bases = [path] + ([parent / path for parent in eval_folder.resolve().parents] if not path.is_absolute() else [])
+        for base in bases:
+            for folder in (base, base.parent):  # a run, or one of its checkpoint-N
+                config, problem = _read_json(folder / "hallbench_config.json")
+                if problem is None and isinstance(config, dict):
+                    seed = (config.get("train") or {}).get("seed")
+                    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
@@ -667,7 +672,16 @@ def build_frame(
     def add_cell(key: CellKey, runs: list[EvalRun], base_runs: list[EvalRun] | None, scoring: str) -> None:
         model, variant, bench, split, decoding = key
         metrics = METRICS[bench]
-        pairs = seed_pairs(runs, base_runs if variant != "base" else None)
+        pairs = seed_pairs(runs, base_runs if variant != "base" else None)  # per seed
+        cell_pairs = pairs
+        if base_runs and variant != "base" and len(pairs) < len(runs):
+            # A test of some of the seeds would be shown as the cell's: none, and the reason in the warnings.
+            unpaired = ", ".join(str(r.seed) for r in runs if all(p[0] is not r for p in pairs))
+            warnings.append(
+                Skipped(runs[0].path, f"{model} / {variant} / {bench} {split}: seed(s) {unpaired} have no Base run of the same seed, so the "
+                        "cell is not tested against Base (train and evaluate Base with the same --seeds)")
+            )  # fmt: skip
+            cell_pairs = []
         name = _seed_key(runs, key) + (f"|{scoring}" if scoring else "")
         common = {"model": model, "variant": variant, "variant_label": runs[0].variant_label, "table": runs[0].table,
                   "bench": bench, "split": split, "decoding": decoding, "scoring": scoring}  # fmt: skip
@@ -706,16 +720,25 @@ def build_frame(
             cis = bootstrap_ci_of_mean(available, metrics, n_resamples=n_resamples, seed=stable_seed(seed, "ci|" + name))  # type: ignore[arg-type]
         else:
             cis = {}
-        tests = paired(pairs, split, metrics, name)
+        tests = paired(cell_pairs, split, metrics, name)
         for metric in metrics:
             values = [v[metric] for v in per_run_values if v[metric] is not None]
             value = float(np.mean(values)) if len(values) == len(runs) else None
             row = _frame_row(
-                common, metric, value, summary_n(runs[0], split), cis.get(metric), tests.get(metric), runs, pairs, relative, per_seed=False
+                common,
+                metric,
+                value,
+                summary_n(runs[0], split),
+                cis.get(metric),
+                tests.get(metric),
+                runs,
+                cell_pairs,
+                relative,
+                per_seed=False,
             )
             if len(runs) > 1:
                 row["seed_sd"] = float(np.std(values, ddof=1)) if value is not None else None
-                row["seed_t_p"] = _seed_t_p([(summary_value(v, split, metric), summary_value(b, split, metric)) for v, b in pairs])
+                row["seed_t_p"] = _seed_t_p([(summary_value(v, split, metric), summary_value(b, split, metric)) for v, b in cell_pairs])
             rows.append(row)
 
     for key in sorted(cells, key=_cell_order):

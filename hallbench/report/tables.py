@@ -391,22 +391,51 @@ class Builder:
         return [f"--{k} {shlex.quote(str(v))}" for k, v in options.items() if v is not None and k in scoring_keys(scoring)]
 
     def _rescore_commands(self, row: Row, bench: str, splits: list[str], scoring: str) -> list[str]:
-        """Re-scoring the evaluation runs that already provide the row's cells: their own command with the
-        scoring's options and their own ``--out``, so nothing is generated again."""
+        """Re-scoring the evaluation runs that already provide the row's cells: their own settings (every
+        recorded one that is not the default: a changed one would be refused as another experiment),
+        the scoring's options and their own ``--out``, so nothing is generated again."""
         commands: dict[str, None] = {}
         for split in splits:
             for run in self.cells.get((row.model, row.variant, bench, split, row.decoding), []):
-                recorded = run.config["eval"]
-                parts = ["hallbench eval", f"--bench {bench}", f"--model {shlex.quote(str(recorded.get('model')))}"]
-                parts.append(f"--data {shlex.quote(str(recorded.get('data')))}")
-                if recorded.get("images"):
-                    parts.append(f"--images {shlex.quote(str(recorded['images']))}")
-                if recorded.get("split") not in (None, ALL):
-                    parts.append(f"--split {recorded['split']}")
-                if row.decoding != "greedy":
-                    parts.append(f"--decoding {row.decoding}")
+                parts = ["hallbench eval", *_identity_flags(run.config["eval"], run.summary.get("max_samples"))]
                 commands[" ".join([*parts, *self._scoring_flags(scoring), f"--out {shlex.quote(str(run.path))}"])] = None
         return list(commands)
+
+
+def _identity_flags(recorded: dict, max_samples: object) -> list[str]:
+    """The ``hallbench eval`` flags that give a run's recorded identity (``config.json`` ``eval``): every
+    setting that differs from its default, the decoding's included, and ``--max-samples``."""
+    from hallbench.eval.engine import DecodingConfig
+    from hallbench.eval.run import EvalConfig
+    from hallbench.fielddocs import field_default
+
+    def flag(name: str, value: object) -> list[str]:
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            return [option] if value else [f"--no-{name.replace('_', '-')}"]
+        return [f"{option} {shlex.quote(str(value))}"]
+
+    flags = []
+    for name in ("bench", "model", "data"):  # always: they say what the run is
+        if recorded.get(name) is not None:
+            flags += flag(name, recorded[name])
+    fields = set(EvalConfig.__dataclass_fields__)
+    for name, value in recorded.items():
+        if name in ("bench", "model", "data", "decoding") or name not in fields or value is None:
+            continue
+        if value != field_default(EvalConfig, name) and str(value) != str(field_default(EvalConfig, name)):
+            flags += flag(name, value)
+    decoding = recorded.get("decoding") if isinstance(recorded.get("decoding"), dict) else {}
+    for name, value in decoding.items():
+        if (
+            name in DecodingConfig.__dataclass_fields__
+            and value is not None
+            and (name == "max_new_tokens" or value != field_default(DecodingConfig, name))
+        ):
+            flags += flag(name, value)  # max_new_tokens always: the run holds the resolved value
+    if isinstance(max_samples, int):
+        flags += flag("max_samples", max_samples)
+    return flags
 
 
 def _num(value: object) -> float | None:

@@ -155,6 +155,10 @@ class EvidenceTrainer(Trainer):
         # loss by the accumulation steps: compute_loss normalises by that count itself.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        if self.args.n_gpu > 1:
+            # nn.DataParallel (several GPUs, no launcher): the Trainer's count is per replica, so the
+            # step's CE falls back to the micro-batch mean divided by the accumulation steps.
+            self.model_accepts_loss_kwargs = False
         self.evidence = evidence
         self.evidence_cfg = evidence_cfg
         self.contrastive = ContrastiveLoss(evidence_cfg.tau, evidence_cfg.ctr_queue) if evidence_cfg.lambda_ctr else None
