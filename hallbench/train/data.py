@@ -243,7 +243,8 @@ class Collator:
                 width = max(p.shape[-1] for p in pixels)
                 pixels = [torch.nn.functional.pad(p, (0, width - p.shape[-1], 0, height - p.shape[-2])) for p in pixels]
             out["pixel_values"] = torch.cat(pixels)
-            for key in ("image_grid_thw", "image_sizes"):
-                if key in with_images[0]:
+            # The family's other per-image inputs (Family.image_inputs: image_grid_thw, image_sizes, ...).
+            for key in with_images[0]:
+                if key != "pixel_values":
                     out[key] = torch.cat([e[key] for e in with_images])
         return out
