@@ -36,6 +36,14 @@ SCORES_FOLDER = "scores"
 (summary.json, predictions.jsonl, scoring.json); written by ``hallbench eval``, read by the report."""
 
 
+def recorded_path_candidates(recorded: str | Path, near: Path) -> list[Path]:
+    """Where a path that a run recorded may be now: itself (absolute, or relative to the current folder),
+    then, when it is relative, the same path under each folder above ``near``, nearest first. Older run
+    folders recorded paths as given, relative to wherever that command ran, which nobody recorded."""
+    path = Path(recorded)
+    return [path] if path.is_absolute() else [path, *(parent / path for parent in Path(near).resolve().parents)]
+
+
 class FolderLockedError(HallbenchError):
     """Another live process holds the folder's lock."""
 

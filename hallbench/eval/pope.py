@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, shorten
+from hallbench.runfolder import recorded_path_candidates
 
 SPLIT_ORDER: tuple[str, ...] = ("random", "popular", "adversarial")
 RULES: tuple[str, ...] = ("hallbench", "official")
@@ -390,9 +391,8 @@ class PopeBenchmark:
         if manifest.is_file():
             images = json.loads(manifest.read_text(encoding="utf-8")).get("images")
             if images:
-                # Older manifests hold the path relative to where `data pope` ran: look for it above the manifest too.
-                candidates = [Path(images)] + ([parent / images for parent in manifest.parents] if not Path(images).is_absolute() else [])
-                return next((c for c in candidates if c.is_dir()), Path(images))
+                # Older manifests hold the path relative to where `data pope` ran.
+                return next((c for c in recorded_path_candidates(images, manifest) if c.is_dir()), Path(images))
         raise HallbenchError(f"--bench pope needs --images (the folder of the images the questions name); {manifest} does not record one")
 
     def samples(self) -> list[Any]:

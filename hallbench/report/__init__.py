@@ -31,7 +31,7 @@ from hallbench.report.collect import (
     scoring_label,
 )
 from hallbench.report.tables import Table, build_tables, legend, to_latex, to_markdown
-from hallbench.runfolder import atomic_path, locked_output_folder, write_text_atomic
+from hallbench.runfolder import atomic_path, locked_output_folder, recorded_path_candidates, write_text_atomic
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -239,8 +239,7 @@ def _starting_points(found: RunSet) -> list[tuple[Path, dict]]:
         path = (training.config.get("model") or {}).get("path")
         if not path:
             continue
-        # Runs before 2026-12-02 recorded the path as given (relative to where training ran): look above the run too.
-        candidates = [Path(path)] + ([parent / path for parent in training.path.resolve().parents] if not Path(path).is_absolute() else [])
+        candidates = recorded_path_candidates(path, training.path)
         folder = next((c for c in candidates if (c / "hallbench_config.json").is_file()), Path(path))
         config_path = folder / "hallbench_config.json"
         if folder.resolve() in inside or folder in points or not config_path.is_file():

@@ -49,7 +49,7 @@ from hallbench.report.bootstrap import (
     stable_seed,
     stack_tables,
 )
-from hallbench.runfolder import SCORES_FOLDER, read_appended_jsonl
+from hallbench.runfolder import SCORES_FOLDER, read_appended_jsonl, recorded_path_candidates
 
 PRETRAINED = "pretrained"
 """Variant key of an evaluation whose model is not a hallbench training run."""
@@ -353,14 +353,12 @@ def _training_seed(training: dict, eval_folder: Path) -> int | None:
     evaluation folder too)."""
     seed = training.get("seed")
     if seed is None and training.get("path"):
-        path = Path(training["path"])
-        bases = [path] + ([parent / path for parent in eval_folder.resolve().parents] if not path.is_absolute() else [])
-        for base in bases:
-            for folder in (base, base.parent):  # a run, or one of its checkpoint-N
-                config, problem = _read_json(folder / "hallbench_config.json")
-                if problem is None and isinstance(config, dict):
-                    seed = (config.get("train") or {}).get("seed")
-                    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        for base in recorded_path_candidates(training["path"], eval_folder):
+            configs = [_read_json(folder / "hallbench_config.json") for folder in (base, base.parent)]  # a run, or its checkpoint-N
+            config = next((c for c, problem in configs if problem is None and isinstance(c, dict)), None)
+            if config is not None:
+                seed = (config.get("train") or {}).get("seed")
+                break
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 

@@ -176,11 +176,11 @@ class EvidenceTrainer(Trainer):
         if self.evidence is not None:
             self.evidence.state.collect_aux = needs_aux
         outputs = model(**inputs)
-        per_token = token_cross_entropy(outputs.logits, labels)
+        token_sum = token_cross_entropy(outputs.logits, labels).sum()
         n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
-        ce = per_token.sum() / n_tokens.clamp(min=1)
+        ce = token_sum / n_tokens.clamp(min=1)
         accumulation = max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
-        ce_step = self._step_share(per_token.sum(), ce, num_items_in_batch, accumulation)
+        ce_step = self._step_share(token_sum, ce, num_items_in_batch, accumulation)
         terms = {"ce": ce}
         # What this micro-batch adds to the step's loss: the step's token-mean CE is the sum of the
         # micro-batches' ce_step; the per-micro-batch terms are averaged over the accumulation steps.
