@@ -530,4 +530,16 @@ def run_matrix(
         results.append(result)
         if on_result is not None:
             on_result(result)
+    _release_process_group()
     return results
+
+
+def _release_process_group() -> None:
+    """End the distributed launch's process group (DDP, DeepSpeed) once every run is done: left to the
+    interpreter's exit, gloo's threads are destroyed unjoined and a rank can abort ("terminate called
+    without an active exception") after its run has finished and saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
