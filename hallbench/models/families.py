@@ -1,19 +1,25 @@
-"""One small adapter per architecture family: everything that differs between Qwen3-VL and Mistral3.
+"""One small adapter per architecture family: everything that differs between the supported VLMs.
 
 The training and evaluation code is written once against this interface; a new family is one more
-``Family`` entry, never a copied script. Both families use transformers' own processors
-(``Qwen3VLProcessor``, ``PixtralProcessor``), for the tiny models and the real checkpoints alike, so
-that every folder hallbench writes loads with ``AutoProcessor.from_pretrained`` in any other tool.
+``FAMILIES`` entry (declared data: nothing outside this module asks which family a model is) plus
+its tiny builder in ``hallbench.models.tiny``. Every family uses transformers' own processor
+(``processor_class``), for the tiny models and the real checkpoints alike, so that every folder
+hallbench writes loads with ``AutoProcessor.from_pretrained`` in any other tool.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError
+
+PIXEL_BUDGETS = ("area", "longest_edge")
+"""How a family's image processor is told an image size (see ``Family.pixel_budget``)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,9 @@ class Family:
     processor_class: str
     """transformers processor class (what ``processor_config.json`` names, what ``AutoProcessor`` builds)."""
     extra_inputs: tuple[str, ...]
-    """Processor outputs the forward pass needs besides ids, mask and pixel values."""
+    """Processor outputs the forward pass needs besides ids, mask and pixel values. ``mm_token_type_ids``
+    (transformers' per-token modality types, 0 text / 1 image / 2 video) among them makes the training
+    encoder keep one per token and the collator pad them with 0."""
     image_inputs: tuple[str, ...]
     """Processor outputs that describe the images (concatenated over a batch by the training collator)."""
     vision_special_tokens: tuple[str, ...]
@@ -34,6 +42,31 @@ class Family:
     memory_tokens: tuple[str, ...]
     """Processor attributes holding the ids whose embeddings form the visual memory V (the merged
     visual features that replaced the image placeholders)."""
+    label: str
+    """What the family covers, for messages (``Qwen3-VL``)."""
+    vision_tower_path: str
+    """Attribute path from the full model to the vision encoder (``model.visual``); frozen unless ``tune_vision``."""
+    projector_path: str | None
+    """Attribute path to the vision-to-text projector when it is a module of its own
+    (``model.multi_modal_projector``); ``None`` when it is part of the tower (Qwen3-VL's merger)."""
+    pixel_budget: str
+    """How ``--min-pixels`` / ``--max-pixels`` reach the image processor (:meth:`set_pixel_budget`):
+    ``area``: its ``size`` ``shortest_edge`` / ``longest_edge`` are the smallest and largest image
+    *areas* in pixels (Qwen2-VL's image processor), set as given; ``longest_edge``: ``size
+    ["longest_edge"]`` bounds the longest side (Pixtral), so a budget of N pixels becomes
+    floor(sqrt(N)) (the side of a square of that area) and a minimum is refused."""
+    tiny_builder: str
+    """Name of the function in ``hallbench.models.tiny`` that builds this family's tiny model and processor."""
+    tokenizer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Extra ``AutoTokenizer.from_pretrained`` arguments for the checkpoints' tokenizer files (:meth:`load_tokenizer`);
+    read, never modified."""
+    language_model_path: str = "model.language_model"
+    """Attribute path to the text decoder, whose ``layers`` get the evidence (transformers 5.x VLMs all
+    use ``model.language_model``); LoRA adapts the linear layers below it."""
+
+    def __post_init__(self) -> None:
+        if self.pixel_budget not in PIXEL_BUDGETS:
+            raise HallbenchError(f"family {self.name}: pixel_budget must be one of {', '.join(PIXEL_BUDGETS)}, got '{self.pixel_budget}'")
 
     def model_cls(self) -> Any:
         import transformers
@@ -41,22 +74,27 @@ class Family:
         return getattr(transformers, self.model_class)
 
     @staticmethod
-    def language_model(model: Any) -> Any:
-        """The text decoder (``model.model.language_model`` in both families in transformers 5.x)."""
-        return model.model.language_model
+    def _module(model: Any, path: str) -> Any:
+        try:
+            return reduce(getattr, path.split("."), model)
+        except AttributeError:
+            raise HallbenchError(f"a {type(model).__name__} has no {path} (the family's declared module path)") from None
+
+    def language_model(self, model: Any) -> Any:
+        """The text decoder (``language_model_path``)."""
+        return self._module(model, self.language_model_path)
 
     def decoder_layers(self, model: Any) -> Any:
         """The ``nn.ModuleList`` of decoder layers, where evidence is injected."""
         return self.language_model(model).layers
 
     def vision_tower(self, model: Any) -> Any:
-        """The vision encoder (Qwen3-VL has no ``model.visual`` shortcut in 5.x: it is ``model.model.visual``)."""
-        return model.model.visual if self.name == "qwen3_vl" else model.model.vision_tower
+        """The vision encoder (``vision_tower_path``)."""
+        return self._module(model, self.vision_tower_path)
 
-    @staticmethod
-    def projector(model: Any) -> Any | None:
-        """The vision-to-text projector when it is a separate module (Mistral3); Qwen3-VL's merger is in the tower."""
-        return getattr(model.model, "multi_modal_projector", None)
+    def projector(self, model: Any) -> Any | None:
+        """The vision-to-text projector (``projector_path``), or ``None`` when the tower holds it."""
+        return self._module(model, self.projector_path) if self.projector_path is not None else None
 
     def token_ids(self, processor: Any, attributes: tuple[str, ...]) -> list[int]:
         ids = []
@@ -68,20 +106,10 @@ class Family:
         return ids
 
     def load_tokenizer(self, path: Path) -> Any:
-        """The checkpoint's tokenizer as a ``tokenizers``-backed fast tokenizer.
-
-        Mistral checkpoints ship ``tekken.json``; with the ``mistral-common`` package installed (vLLM
-        depends on it) ``AutoTokenizer`` returns a ``MistralCommonBackend``, which encodes the literal
-        text ``[IMG]`` as characters and so cannot be used with ``PixtralProcessor``. ``mistral_format
-        =False`` keeps transformers' own tokenizer: ``tokenizer.json`` if present, else converted from
-        ``tekken.json`` (same ids).
-        """
+        """The checkpoint's tokenizer as a ``tokenizers``-backed fast tokenizer (with ``tokenizer_kwargs``)."""
         from transformers import AutoTokenizer
 
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if self.name == "mistral3":
-            kwargs["mistral_format"] = False
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **self.tokenizer_kwargs)
         # A tekken.json-only folder carries no tokenizer_config.json, so the converted tokenizer knows
         # no bos / eos / pad token (the chat template renders bos_token): config.json names their ids.
         config = read_model_config(path, required=False)  # absent in a LoRA checkpoint-N (adapters + processor only)
@@ -117,16 +145,12 @@ class Family:
         return processor
 
     def set_pixel_budget(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
-        """Limit the image sizes the processor produces; returns the resolved ``size`` recorded in run configs.
-
-        Qwen3-VL resizes every image so that its area lies in [min_pixels, max_pixels] (rounded to
-        32-px multiples: 16-px patches merged 2x2). Pixtral only bounds the longest edge, so a pixel
-        budget becomes ``longest_edge = floor(sqrt(max_pixels))`` (the side of a square of that
-        area), and a minimum is not supported.
-        """
+        """Limit the image sizes the processor produces, the family's ``pixel_budget`` way; returns the
+        resolved size recorded in run and evaluation configs (``None`` bounds keep the checkpoint's)."""
         image_processor = processor.image_processor
-        if self.name == "qwen3_vl":
-            size = dict(image_processor.size)
+        size = dict(image_processor.size)
+        if self.pixel_budget == "area":
+            # Resized so that the area lies in [shortest_edge, longest_edge], in steps of the merged patch.
             if min_pixels is not None:
                 size["shortest_edge"] = int(min_pixels)
             if max_pixels is not None:
@@ -135,9 +159,11 @@ class Family:
                 raise HallbenchError(f"--min-pixels {size['shortest_edge']} is more than --max-pixels {size['longest_edge']}")
             image_processor.size = size
             return {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
+        # longest_edge: images larger than the bound are scaled down, smaller ones are left as they are.
         if min_pixels is not None:
-            raise HallbenchError("--min-pixels: Pixtral (Mistral3) processors never upscale; only --max-pixels applies")
-        size = dict(image_processor.size)
+            raise HallbenchError(
+                f"--min-pixels: the {self.processor_class} of {self.label} models never upscales; only --max-pixels applies"
+            )
         if max_pixels is not None:
             size["longest_edge"] = int(max_pixels**0.5)
             image_processor.size = size
@@ -153,6 +179,11 @@ FAMILIES: dict[str, Family] = {
         image_inputs=("pixel_values", "image_grid_thw"),
         vision_special_tokens=("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"),
         memory_tokens=("image_token_id", "video_token_id"),
+        label="Qwen3-VL",
+        vision_tower_path="model.visual",  # transformers 5.x has no model.visual shortcut on the full model
+        projector_path=None,  # the merger is part of the tower
+        pixel_budget="area",
+        tiny_builder="build_tiny_qwen",
     ),
     "mistral3": Family(
         "mistral3",
@@ -162,6 +193,16 @@ FAMILIES: dict[str, Family] = {
         image_inputs=("pixel_values", "image_sizes"),
         vision_special_tokens=("image_token_id", "image_break_token_id", "image_end_token_id"),
         memory_tokens=("image_token_id",),
+        label="Mistral3/Ministral-3",
+        vision_tower_path="model.vision_tower",
+        projector_path="model.multi_modal_projector",
+        pixel_budget="longest_edge",
+        tiny_builder="build_tiny_ministral",
+        # The checkpoints ship tekken.json; with mistral-common installed (vLLM depends on it)
+        # AutoTokenizer would return a MistralCommonBackend, which encodes the literal text [IMG] as
+        # characters and so cannot serve PixtralProcessor. mistral_format=False keeps transformers' own
+        # tokenizer: tokenizer.json if present, else converted from tekken.json (same ids).
+        tokenizer_kwargs={"mistral_format": False},
     ),
 }
 
@@ -170,9 +211,8 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise HallbenchError(
-            f"unsupported model type '{name}': hallbench supports {', '.join(FAMILIES)} (Qwen3-VL and Mistral3/Ministral-3 checkpoints)"
-        ) from None
+        covered = ", ".join(family.label for family in FAMILIES.values())
+        raise HallbenchError(f"unsupported model type '{name}': hallbench supports {', '.join(FAMILIES)} ({covered} checkpoints)") from None
 
 
 def read_model_config(path: Path, *, required: bool = True) -> dict[str, Any]:

@@ -28,7 +28,8 @@ class ModelSpec:
     display_name: str
     """Name used in output folders and tables (``Qwen3-VL-2B``)."""
     family: str
-    """Architecture family: ``qwen3_vl`` or ``mistral3`` (see ``hallbench.models.families``)."""
+    """Architecture family: a key of ``hallbench.models.families.FAMILIES`` (``qwen3_vl``); a tiny entry is
+    built by that family's ``tiny_builder``."""
     hub_id: str | None = None
     """Hugging Face id of the weights; ``None`` for models built in code."""
     local_dir: str | None = None

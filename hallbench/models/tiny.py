@@ -1,6 +1,7 @@
 """Tiny real VLMs for tests and the demo, built in code with no download of any kind.
 
-``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration`` and ``tiny-ministral`` a
+One builder per family (``Family.tiny_builder`` names it; the registry's tiny entries say which
+family): ``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration`` and ``tiny-ministral`` a
 ``Mistral3ForConditionalGeneration`` (text model ``ministral3``, Pixtral vision tower): the real
 transformers classes, shrunk to a few layers, with random weights from a fixed seed. Their
 processors are transformers' own ``Qwen3VLProcessor`` (Qwen2-VL image processor, Qwen3-VL video
@@ -237,9 +238,6 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
         model.generation_config.bos_token_id = tokenizer.bos_token_id
 
 
-TINY_BUILDERS = {"tiny-qwen": build_tiny_qwen, "tiny-ministral": build_tiny_ministral}
-
-
 @contextmanager
 def _outside_zero3() -> Iterator[None]:
     """Build a tiny model whole on every rank, outside ZeRO-3's ``zero.Init``.
@@ -259,11 +257,30 @@ def _outside_zero3() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
+def tiny_names() -> list[str]:
+    """Registry names of the models built in code (``tiny-qwen``, ...)."""
+    from hallbench.models.registry import MODEL_REGISTRY
+
+    return [spec.name for spec in MODEL_REGISTRY.values() if spec.tiny]
+
+
 def build_tiny(name: str, size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
-    """Build ``tiny-qwen`` or ``tiny-ministral`` (model in eval mode, processor)."""
-    try:
-        builder = TINY_BUILDERS[name]
-    except KeyError:
-        raise HallbenchError(f"unknown tiny model '{name}'; known: {', '.join(TINY_BUILDERS)}") from None
+    """Build a tiny registry model (model in eval mode, processor) with its family's ``tiny_builder``."""
+    from hallbench.models.registry import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(name)
+    if spec is None or not spec.tiny:
+        raise HallbenchError(f"unknown tiny model '{name}'; known: {', '.join(tiny_names())}")
+    return build_family_tiny(spec.family, size, seed)
+
+
+def build_family_tiny(family: str, size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
+    """The tiny model and processor of a family (``Family.tiny_builder``, a function of this module)."""
+    from hallbench.models.families import get_family
+
+    name = get_family(family).tiny_builder
+    builder = globals().get(name)
+    if not callable(builder):
+        raise HallbenchError(f"family {family}: its tiny_builder '{name}' is not a function of hallbench.models.tiny")
     with _outside_zero3():
         return builder(size, seed)

@@ -76,8 +76,9 @@ class Encoded:
     input_ids: torch.Tensor
     labels: torch.Tensor
     images: dict[str, torch.Tensor]
-    """``pixel_values`` plus ``image_grid_thw`` (Qwen3-VL) or ``image_sizes`` (Mistral3)."""
+    """The family's ``image_inputs`` (``pixel_values`` and the per-image sizes or grids its forward needs)."""
     mm_token_type_ids: torch.Tensor | None = None
+    """Per-token modality types (0 text, 1 image, ...) when the family's forward takes them (``extra_inputs``)."""
     image_key: int = -1
     """Identity of the sample's image(s) (:func:`image_key`): L_ctr never uses a sample's own image as its negative."""
 
@@ -110,7 +111,7 @@ def encode_conversation(processor: Any, family: Family, conversation: Conversati
             piece = out["input_ids"][0]
             image_inputs = {k: out[k] for k in family.image_inputs if k in out}
             if "mm_token_type_ids" in family.extra_inputs:
-                mm_types.append(out["mm_token_type_ids"][0] if "mm_token_type_ids" in out else _image_token_types(processor, piece))
+                mm_types.append(out["mm_token_type_ids"][0] if "mm_token_type_ids" in out else _image_token_types(processor, family, piece))
             first = False
         else:
             piece = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -130,11 +131,13 @@ def encode_conversation(processor: Any, family: Family, conversation: Conversati
     return Encoded(input_ids, label_ids, image_inputs, torch.cat(mm_types) if mm_types else None)
 
 
-def _image_token_types(processor: Any, ids: torch.Tensor) -> torch.Tensor:
+def _image_token_types(processor: Any, family: Family, ids: torch.Tensor) -> torch.Tensor:
     """1 at image-token positions, 0 elsewhere (for processors that do not return ``mm_token_type_ids``)."""
     image_token_id = getattr(processor, "image_token_id", None)
     if image_token_id is None:
-        raise HallbenchError("this Qwen3-VL processor returns no mm_token_type_ids and has no image_token_id")
+        raise HallbenchError(
+            f"the {type(processor).__name__} of this {family.name} model returns no mm_token_type_ids and has no image_token_id"
+        )
     return (ids == image_token_id).long()
 
 
@@ -237,8 +240,9 @@ class Collator:
                 raise HallbenchError("a batch mixes samples with and without images; every training sample needs an image")
             pixels = [e["pixel_values"] for e in with_images]
             if pixels[0].dim() == 4:
-                # Pixtral-style (n_images, C, H, W): images of different sizes are zero-padded on the
-                # bottom/right to a common size; ``image_sizes`` keeps each one's true size.
+                # (n_images, C, H, W) per sample (Pixtral): images of different sizes are zero-padded on
+                # the bottom/right to a common size; the family's image_inputs (image_sizes) keep each
+                # one's true size. Qwen3-VL's flattened patches (2-D) are concatenated as they are.
                 height = max(p.shape[-2] for p in pixels)
                 width = max(p.shape[-1] for p in pixels)
                 pixels = [torch.nn.functional.pad(p, (0, width - p.shape[-1], 0, height - p.shape[-2])) for p in pixels]

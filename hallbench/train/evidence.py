@@ -1,6 +1,6 @@
 """Evidence injection: visual memory retrieval injected into the decoder's residual stream.
 
-See ``docs/method.md`` for the formulas. One implementation for both families: it hooks the decoder
+See ``docs/method.md`` for the formulas. One implementation for every family: it hooks the decoder
 layers given by the family adapter and reads the visual tokens from the language model's input
 embeddings (the merged visual embeddings that replaced the image placeholder tokens).
 
@@ -12,8 +12,8 @@ Invariants:
   other factors are non-zero), and after the first update every other parameter sees a non-zero
   gradient. (A zero gate times a zero projection would keep both at zero forever.)
 - Evidence is added at text positions only: never at padding, and never at any vision token (the
-  image placeholders and the markers around or between them: Qwen3-VL's ``<|vision_start|>`` /
-  ``<|vision_end|>``, Pixtral's ``[IMG_BREAK]`` / ``[IMG_END]``; the family adapter lists them).
+  image placeholders and the markers around or between them, e.g. Qwen3-VL's ``<|vision_start|>`` /
+  ``<|vision_end|>``, Pixtral's ``[IMG_BREAK]`` / ``[IMG_END]``: ``Family.vision_special_tokens``).
 """
 
 from __future__ import annotations

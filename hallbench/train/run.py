@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -142,12 +143,13 @@ def _freeze(model: Any, family: Any, cfg: TrainConfig) -> Any:
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 
-        # Only the language model's linear layers: the evidence modules' q/k projections are trained in full.
+        # Only the language model's linear layers (below the family's language_model_path): the
+        # evidence modules' q/k projections are trained in full, the vision tower stays frozen.
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
             lora_dropout=0.05,
-            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+            target_modules=rf".*{re.escape(family.language_model_path)}\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         )
         model = get_peft_model(model, lora)
         inner = model.get_base_model()
