@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -159,3 +160,34 @@ def test_cache_keeps_samples_and_shares_pixels_per_image(shapes_dir, tiny_models
     assert first.images["pixel_values"] is second.images["pixel_values"]
     fresh = _dataset(shapes_dir, processor, "tiny-qwen")[same_image[1]]
     assert torch.equal(fresh.input_ids, second.input_ids) and torch.equal(fresh.images["pixel_values"], second.images["pixel_values"])
+
+
+def test_an_answer_the_template_leaves_unended_gets_the_eos(tmp_path, shapes_dir, tiny_models):
+    """A template with no end-of-turn marker after an answer (llava-hf's renders "ASSISTANT: text "):
+    every answer's labels still end with eos, so the model learns to stop."""
+    _, processor = tiny_models["tiny-qwen"]
+    processor = copy.deepcopy(processor)
+    processor.chat_template = (
+        "{% for message in messages %}{{ message['role'] }} : {% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }} {% endif %}"
+        "{% endfor %}{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    image = sorted((shapes_dir / "images").glob("*.png"))[0].name
+    turns = [
+        {"from": "human", "value": "<image>\nIs there a ring in the image?"},
+        {"from": "gpt", "value": "Yes."},
+        {"from": "human", "value": "What objects are in the image?"},
+        {"from": "gpt", "value": "Ring."},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps([{"id": "a", "image": image, "conversations": turns}]))
+    encoded = ConversationDataset(tmp_path / "train.json", shapes_dir / "images", processor, get_family("qwen3_vl"), 512)[0]
+    tokens = processor.tokenizer.convert_ids_to_tokens(encoded.input_ids.tolist())
+    labelled = processor.tokenizer.convert_ids_to_tokens(encoded.labels[encoded.labels != IGNORE_INDEX].tolist())
+    assert labelled == ["yes", ".", "<|im_end|>", "ring", ".", "<|im_end|>"]
+    question = ["is", "there", "a", "ring", "in", "the", "image", "?"]
+    image_tokens = ["<|vision_start|>", *["<|image_pad|>"] * 4, "<|vision_end|>"]
+    assert tokens == [
+        "user", ":", *image_tokens, *question, "assistant", ":", "yes", ".", "<|im_end|>",
+        "user", ":", "what", "objects", "are", "in", "the", "image", "?", "assistant", ":", "ring", ".", "<|im_end|>",
+    ]  # fmt: skip
+    assert len(encoded.mm_token_type_ids) == len(encoded.input_ids)  # the appended eos is a text position

@@ -3,6 +3,8 @@
 Invariants:
 - Labels are -100 everywhere except on the assistant answers (their text and the template's end-of-turn
   tokens, so that the model learns to stop); the prompt, the image tokens and padding never count.
+  An answer whose rendering holds no eos token gets one appended (a template with no end-of-turn
+  marker), so every answer ends with a token that stops generation.
 - Each sample is tokenised on its own, exactly as it would be alone, and the collator only pads
   (right side: ids with the pad id, labels with -100, attention mask 0) and concatenates image
   tensors. So a sample's per-token loss does not depend on the batch it is in (tested).
@@ -115,6 +117,10 @@ def encode_conversation(processor: Any, family: Family, conversation: Conversati
             first = False
         else:
             piece = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+            if is_answer and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in piece:
+                # A template that ends an answer with no end token at all (llava-hf's: "ASSISTANT: text "):
+                # the answer gets the eos, as the model's own training format had it, so that it learns to stop.
+                piece = torch.cat([piece, torch.tensor([tokenizer.eos_token_id])])
             if mm_types:  # later turns carry no image
                 mm_types.append(torch.zeros_like(piece))
         ids.append(piece)
