@@ -37,8 +37,14 @@ from typing import Any
 from hallbench.errors import HallbenchError
 from hallbench.models.registry import MODEL_REGISTRY
 
+_PUBLISHED = resources.files("hallbench.models") / "checkpoints"
 # registry name -> folder of the published configuration files: the registry's basemodel/ folder name.
-CHECKPOINTS = {spec.name: spec.local_dir for spec in MODEL_REGISTRY.values() if not spec.tiny}
+# Only the checkpoints whose published files are packaged here have a shape (a registry entry may come first).
+CHECKPOINTS = {
+    spec.name: spec.local_dir
+    for spec in MODEL_REGISTRY.values()
+    if not spec.tiny and spec.local_dir is not None and (_PUBLISHED / spec.local_dir / "config.json").is_file()
+}
 SHAPE_NAMES = {f"{name}-shape": name for name in CHECKPOINTS}
 """Benchmark model names (``qwen2b-shape``...) -> registry names: the full-size checkpoint-shaped folders."""
 FP8_MAX = 448.0
@@ -67,7 +73,7 @@ def reference_dir(name: str) -> Path:
     """The packaged folder of published configuration files for a registry name."""
     if name not in CHECKPOINTS:
         raise HallbenchError(f"no checkpoint shape for '{name}'; known: {', '.join(CHECKPOINTS)}")
-    return Path(str(resources.files("hallbench.models") / "checkpoints" / CHECKPOINTS[name]))
+    return Path(str(_PUBLISHED / CHECKPOINTS[name]))
 
 
 def reference_config(name: str, file: str = "config.json") -> dict[str, Any]:
