@@ -1,4 +1,4 @@
-"""Shared fixtures: a small shapes world and the two tiny models, built once per test session."""
+"""Shared fixtures: a small shapes world and the tiny models, built once per test session."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Caches (CHAIR ground truth) go to a fresh folder, never the user's ~/.cache.
 os.environ["HALLBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="hallbench-test-cache-")
 
-TINY_MODELS = ("tiny-qwen", "tiny-ministral")
+from hallbench.models.registry import MODEL_REGISTRY  # noqa: E402 - cheap (no torch); after the offline settings
+
+TINY_MODELS = tuple(name for name, spec in MODEL_REGISTRY.items() if spec.tiny)  # one per family: tiny-qwen, ...
 
 
 @pytest.fixture(scope="session")

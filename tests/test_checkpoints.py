@@ -299,7 +299,7 @@ def _snapshot(path: Path, text: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", [*NAMES, "tiny-qwen", "tiny-ministral"])
+@pytest.mark.parametrize("name", [*NAMES, "tiny-qwen", "tiny-ministral", "tiny-llava"])
 def test_prompt_snapshots_per_benchmark_and_family(name, basemodel, shapes_dir, pope_dir):
     """The exact text each benchmark's first sample becomes after the family's chat template (real
     tokenizer files for the checkpoint-shaped folders): a change of a prompt, of transformers' template

@@ -33,7 +33,7 @@ def _batch(processor, images):
     return batch, labels
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen", "tiny-ministral"])
+@pytest.mark.parametrize("name", [name for name, spec in MODEL_REGISTRY.items() if spec.tiny])  # one tiny model per family
 @pytest.mark.parametrize("variant", list(CONFIGS))
 def test_init_equals_base_and_no_parameter_is_stuck(name, variant, tiny_models, val_images):
     base, processor = tiny_models[name]

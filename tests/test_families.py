@@ -11,6 +11,7 @@ import torch
 import transformers
 from torch import nn
 
+from hallbench.errors import HallbenchError
 from hallbench.models import FAMILIES, chat_inputs, get_family
 from hallbench.models.families import PIXEL_BUDGETS
 from hallbench.models.tiny import build_family_tiny
@@ -23,9 +24,12 @@ FAMILY_NAMES = sorted(FAMILIES)
 
 # What set_pixel_budget records with no bounds given, per declared style: the image processor's own size.
 RECORDED = {
-    "area": lambda size: {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]},
-    "longest_edge": lambda size: {"longest_edge": size["longest_edge"]},
+    "area": lambda ip: {"min_pixels": ip.size["shortest_edge"], "max_pixels": ip.size["longest_edge"]},
+    "longest_edge": lambda ip: {"longest_edge": ip.size["longest_edge"]},
+    "fixed": lambda ip: {"height": ip.crop_size["height"], "width": ip.crop_size["width"]},
 }
+# The (min_pixels, max_pixels) each style refuses: a processor that never upscales has no minimum; a fixed size has neither bound.
+REFUSED = {"area": [], "longest_edge": [(4096, None)], "fixed": [(4096, None), (None, 4096)]}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def tiny():
 
 
 def test_every_pixel_budget_style_has_a_recorded_size():
-    assert set(RECORDED) == set(PIXEL_BUDGETS)
+    assert set(RECORDED) == set(REFUSED) == set(PIXEL_BUDGETS)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -103,9 +107,13 @@ def test_set_pixel_budget_returns_the_recorded_size(family, tiny, val_images):
     processor = copy.deepcopy(processor)
     before = chat_inputs(processor, val_images[:1], ["?"])["input_ids"]
     recorded = adapter.set_pixel_budget(processor, None, None)
-    assert recorded == RECORDED[adapter.pixel_budget](dict(processor.image_processor.size))
+    assert recorded == RECORDED[adapter.pixel_budget](processor.image_processor)
     assert all(isinstance(v, int) for v in recorded.values())  # written to JSON run configs
     assert torch.equal(chat_inputs(processor, val_images[:1], ["?"])["input_ids"], before)  # no bounds: the checkpoint's
+    for bounds in REFUSED[adapter.pixel_budget]:
+        with pytest.raises(HallbenchError, match="pixels"):
+            adapter.set_pixel_budget(processor, *bounds)
+    assert adapter.set_pixel_budget(processor, None, None) == recorded  # a refusal changes nothing
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

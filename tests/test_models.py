@@ -9,7 +9,7 @@ from hallbench.errors import ModelNotFoundError
 from hallbench.models import chat_inputs, get_family, load_model, resolve_model
 from hallbench.models.registry import MODEL_REGISTRY
 
-TINY = ("tiny-qwen", "tiny-ministral")
+TINY = tuple(name for name, spec in MODEL_REGISTRY.items() if spec.tiny)  # tiny-qwen, tiny-ministral, tiny-llava
 
 
 def _training_batch(processor, images, questions, answers):
@@ -45,7 +45,8 @@ def test_tiny_model_is_the_real_class_and_small(name, tiny_models):
     # the tokenizer knows every shapes-world word: nothing maps to [UNK]
     ids = processor.tokenizer("Is there a lightning bolt in the image?")["input_ids"]
     assert processor.tokenizer.unk_token_id not in ids
-    assert processor.tokenizer.decode(ids) == "is there a lightning bolt in the image?"
+    # (a Llama-style tokenizer puts bos first: tiny-llava's, as LLaVA's)
+    assert processor.tokenizer.decode(ids, skip_special_tokens=True) == "is there a lightning bolt in the image?"
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -105,6 +106,13 @@ def test_registry_names_and_display_names():
         "qwen2b": "Qwen3-VL-2B",
         "qwen4b": "Qwen3-VL-4B",
         "ministral3b": "Ministral-3-3B",
+        "llava7b": "LLaVA-1.5-7B",
+    }
+    assert MODEL_REGISTRY["llava7b"].hub_id == "llava-hf/llava-1.5-7b-hf"
+    assert {n: s.family for n, s in MODEL_REGISTRY.items() if s.tiny} == {
+        "tiny-qwen": "qwen3_vl",
+        "tiny-ministral": "mistral3",
+        "tiny-llava": "llava",
     }
     assert MODEL_REGISTRY["qwen2b"].hub_id == "Qwen/Qwen3-VL-2B-Instruct"
     assert MODEL_REGISTRY["ministral3b"].local_dir == "Ministral-3-3B-Instruct-2512"
@@ -140,6 +148,6 @@ def test_bad_paths_and_ids(tmp_path, monkeypatch):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "llava"}')
-    with pytest.raises(Exception, match="unsupported model type 'llava'"):
+    (tmp_path / "config.json").write_text('{"model_type": "idefics3"}')
+    with pytest.raises(Exception, match="unsupported model type 'idefics3': hallbench supports qwen3_vl, mistral3, llava"):
         load_model(str(tmp_path), device="cpu")

@@ -15,24 +15,26 @@ from hallbench.train.evidence import attach_evidence
 from hallbench.train.presets import evidence_config
 from hallbench.train.trainer import token_cross_entropy
 
-FAMILY = {"tiny-qwen": "qwen3_vl", "tiny-ministral": "mistral3"}
+FAMILY = {"tiny-qwen": "qwen3_vl", "tiny-ministral": "mistral3", "tiny-llava": "llava"}
 
 
 def _dataset(shapes_dir, processor, name, max_length=512):
     return ConversationDataset(shapes_dir / "train.json", shapes_dir / "images", processor, get_family(FAMILY[name]), max_length)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen", "tiny-ministral"])
+@pytest.mark.parametrize("name", ["tiny-qwen", "tiny-ministral", "tiny-llava"])
 def test_labels_cover_exactly_the_answer_and_end_of_turn(shapes_dir, tiny_models, name):
     _, processor = tiny_models[name]
     dataset = _dataset(shapes_dir, processor, name)
     index = next(i for i, c in enumerate(dataset.conversations) if c.id.endswith("-exist-0"))
     encoded = dataset[index]
     tokens = processor.tokenizer.convert_ids_to_tokens(encoded.labels[encoded.labels != IGNORE_INDEX].tolist())
-    end = {"tiny-qwen": "<|im_end|>", "tiny-ministral": "</s>"}[name]
+    end = {"tiny-qwen": "<|im_end|>", "tiny-ministral": "</s>", "tiny-llava": "</s>"}[name]  # LLaVA's: appended
     assert tokens == ["yes", ".", end]
     # Image tokens are in the ids but never in the labels.
-    image_token = processor.tokenizer.convert_tokens_to_ids({"tiny-qwen": "<|image_pad|>", "tiny-ministral": "[IMG]"}[name])
+    image_token = processor.tokenizer.convert_tokens_to_ids(
+        {"tiny-qwen": "<|image_pad|>", "tiny-ministral": "[IMG]", "tiny-llava": "<image>"}[name]
+    )
     assert (encoded.input_ids == image_token).sum() == 4
     assert not (encoded.labels == image_token).any()
 

@@ -2,9 +2,10 @@
 
 The training and evaluation code is written once against this interface; a new family is one more
 ``FAMILIES`` entry (declared data: nothing outside this module asks which family a model is) plus
-its tiny builder in ``hallbench.models.tiny``. Every family uses transformers' own processor
-(``processor_class``), for the tiny models and the real checkpoints alike, so that every folder
-hallbench writes loads with ``AutoProcessor.from_pretrained`` in any other tool.
+its tiny builder in ``hallbench.models.tiny`` (docs/adding_a_model.md). Every family uses
+transformers' own processor (``processor_class``), for the tiny models and the real checkpoints
+alike, so that every folder hallbench writes loads with ``AutoProcessor.from_pretrained`` in any
+other tool.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from hallbench.errors import HallbenchError
 
-PIXEL_BUDGETS = ("area", "longest_edge")
+PIXEL_BUDGETS = ("area", "longest_edge", "fixed")
 """How a family's image processor is told an image size (see ``Family.pixel_budget``)."""
 
 
@@ -54,7 +55,9 @@ class Family:
     ``area``: its ``size`` ``shortest_edge`` / ``longest_edge`` are the smallest and largest image
     *areas* in pixels (Qwen2-VL's image processor), set as given; ``longest_edge``: ``size
     ["longest_edge"]`` bounds the longest side (Pixtral), so a budget of N pixels becomes
-    floor(sqrt(N)) (the side of a square of that area) and a minimum is refused."""
+    floor(sqrt(N)) (the side of a square of that area) and a minimum is refused; ``fixed``: every
+    image becomes the processor's ``crop_size`` (CLIP: shortest edge resized, centre cropped), the
+    one size the vision tower's position embeddings know, so both bounds are refused."""
     tiny_builder: str
     """Name of the function in ``hallbench.models.tiny`` that builds this family's tiny model and processor."""
     tokenizer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -159,6 +162,14 @@ class Family:
                 raise HallbenchError(f"--min-pixels {size['shortest_edge']} is more than --max-pixels {size['longest_edge']}")
             image_processor.size = size
             return {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
+        if self.pixel_budget == "fixed":
+            crop = dict(image_processor.crop_size)
+            if min_pixels is not None or max_pixels is not None:
+                raise HallbenchError(
+                    f"--min-pixels / --max-pixels: {self.label} models see every image at one size "
+                    f"({crop['height']} x {crop['width']} px, the {type(image_processor).__name__}'s crop_size); leave both unset"
+                )
+            return {"height": int(crop["height"]), "width": int(crop["width"])}
         # longest_edge: images larger than the bound are scaled down, smaller ones are left as they are.
         if min_pixels is not None:
             raise HallbenchError(
@@ -203,6 +214,21 @@ FAMILIES: dict[str, Family] = {
         # characters and so cannot serve PixtralProcessor. mistral_format=False keeps transformers' own
         # tokenizer: tokenizer.json if present, else converted from tekken.json (same ids).
         tokenizer_kwargs={"mistral_format": False},
+    ),
+    "llava": Family(
+        "llava",
+        "LlavaForConditionalGeneration",
+        "LlavaProcessor",
+        extra_inputs=(),
+        image_inputs=("pixel_values",),
+        # One <image> per visual feature and no markers around them (the "\n" after them is text).
+        vision_special_tokens=("image_token_id",),
+        memory_tokens=("image_token_id",),
+        label="LLaVA-1.5",
+        vision_tower_path="model.vision_tower",
+        projector_path="model.multi_modal_projector",
+        pixel_budget="fixed",
+        tiny_builder="build_tiny_llava",
     ),
 }
 

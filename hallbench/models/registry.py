@@ -46,8 +46,10 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen2b", "Qwen3-VL-2B", "qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL-2B-Instruct"),
         ModelSpec("qwen4b", "Qwen3-VL-4B", "qwen3_vl", "Qwen/Qwen3-VL-4B-Instruct", "Qwen3-VL-4B-Instruct"),
         ModelSpec("ministral3b", "Ministral-3-3B", "mistral3", "mistralai/Ministral-3-3B-Instruct-2512", "Ministral-3-3B-Instruct-2512"),
+        ModelSpec("llava7b", "LLaVA-1.5-7B", "llava", "llava-hf/llava-1.5-7b-hf", "llava-1.5-7b-hf"),
         ModelSpec("tiny-qwen", "Tiny-Qwen3-VL", "qwen3_vl"),
         ModelSpec("tiny-ministral", "Tiny-Ministral-3", "mistral3"),
+        ModelSpec("tiny-llava", "Tiny-LLaVA-1.5", "llava"),
     )
 }
 

@@ -1,15 +1,17 @@
 """Tiny real VLMs for tests and the demo, built in code with no download of any kind.
 
 One builder per family (``Family.tiny_builder`` names it; the registry's tiny entries say which
-family): ``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration`` and ``tiny-ministral`` a
-``Mistral3ForConditionalGeneration`` (text model ``ministral3``, Pixtral vision tower): the real
+family): ``tiny-qwen`` is a ``Qwen3VLForConditionalGeneration``, ``tiny-ministral`` a
+``Mistral3ForConditionalGeneration`` (text model ``ministral3``, Pixtral vision tower) and
+``tiny-llava`` a ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model): the real
 transformers classes, shrunk to a few layers, with random weights from a fixed seed. Their
 processors are transformers' own ``Qwen3VLProcessor`` (Qwen2-VL image processor, Qwen3-VL video
-processor) and ``PixtralProcessor``, around a word-level ``tokenizers`` tokenizer over the
-shapes-world vocabulary, with a short chat template in each family's format (the real templates,
-with their default system prompts, are in the checkpoint-shaped fixtures of
-``hallbench.models.checkpoint_shapes``). They save with ``save_pretrained``, reload with ``from_pretrained`` and generate exactly
-like the full-size checkpoints.
+processor), ``PixtralProcessor`` and ``LlavaProcessor`` (CLIP image processor), around a
+word-level ``tokenizers`` tokenizer over the shapes-world vocabulary, with a short chat template in
+each family's format (the real templates, with their default system prompts, are in the
+checkpoint-shaped fixtures of ``hallbench.models.checkpoint_shapes``). They save with
+``save_pretrained``, reload with ``from_pretrained`` and generate exactly like the full-size
+checkpoints.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 MISTRAL_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+LLAVA_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
 UNK = "[UNK]"
 
 # Both templates render string content or a list of {"type": "image"} / {"type": "text"} parts,
@@ -54,6 +57,16 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}"
     "{% if message['role'] == 'user' %}[/INST]{% elif message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% endfor %}"
+)
+# llava-hf's format ("USER: <image>\n{text} ASSISTANT:"; the images first, then the text): like the
+# checkpoint's template it renders no bos (the tokenizer adds it) and no eos after an answer (the
+# training encoder appends it, hallbench.train.data); system turns are rendered without a role.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
 
@@ -87,9 +100,13 @@ class TinySize:
             raise HallbenchError("tiny model: head_dim (hidden_size / num_heads) must be a multiple of 8")
 
 
-def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str | None = None) -> Any:
-    """A word-level fast tokenizer over the shapes-world vocabulary with the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str | None = None, add_bos: bool = False) -> Any:
+    """A word-level fast tokenizer over the shapes-world vocabulary with the family's special tokens.
+
+    ``add_bos``: encoding with special tokens puts ``bos`` first, as Llama tokenizers do (for a chat
+    template that does not render it).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     tokens = [*special_tokens, UNK, *vocabulary()]
@@ -101,6 +118,11 @@ def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str |
     # continuation prefix is one no token has: with the usual "##", the token "###" (the VQA
     # final-answer marker) would decode as a glued "#".
     backend.decoder = decoders.WordPiece(prefix="\u2060\u2060", cleanup=True)
+    if add_bos:
+        assert bos is not None
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))]
+        )
     kwargs = {"bos_token": bos} if bos else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -227,6 +249,66 @@ def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[An
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Mistral3ForConditionalGeneration(config)
+    _set_generation_ids(model, tokenizer)
+    return model.eval(), processor
+
+
+def build_tiny_llava(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
+    """A random-init ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model) and its
+    ``LlavaProcessor`` with a ``CLIPImageProcessor``, laid out as llava-hf/llava-1.5-7b-hf."""
+    import torch
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    tokenizer = build_tokenizer(LLAVA_SPECIAL_TOKENS, pad="<pad>", eos="</s>", bos="<s>", add_bos=True)
+    # Patches of 32 px: a 64-px image gives the same 4 visual tokens as the other tiny families'
+    # 16-px patches merged 2x2 (LLaVA merges nothing: one token per patch).
+    patch = 32
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size},
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+    )  # fmt: skip
+    # As the checkpoint's processor_config.json: CLIP's CLS token is counted, then dropped ("default").
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    config = LlavaConfig(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.hidden_size,
+            "intermediate_size": size.intermediate_size,
+            "num_hidden_layers": size.num_layers,
+            "num_attention_heads": size.num_heads,
+            "num_key_value_heads": size.num_heads,  # Vicuna-7B (LLaVA-1.5's decoder) has no grouped-query attention
+            "head_dim": size.hidden_size // size.num_heads,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": size.vision_hidden_size,
+            "intermediate_size": 2 * size.vision_hidden_size,
+            "num_hidden_layers": size.vision_layers,
+            "num_attention_heads": 2,
+            "image_size": size.image_size,
+            "patch_size": patch,
+            "projection_dim": size.vision_hidden_size,
+        },
+        image_token_index=processor.image_token_id,
+        # The checkpoint's feature selection: the second-to-last vision layer, without the CLS token.
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
     _set_generation_ids(model, tokenizer)
     return model.eval(), processor
 
