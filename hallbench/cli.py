@@ -314,11 +314,14 @@ def eval_(
     model: Annotated[
         str, typer.Option(rich_help_panel=_BACKEND, help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")
     ] = "tiny-qwen",
-    split: Annotated[str, typer.Option(rich_help_panel=_POPE, help="POPE split: random, popular, adversarial or all.")] = "all",
+    split: Annotated[
+        str, typer.Option(rich_help_panel=_POPE, help="The benchmark's split (POPE: random, popular, adversarial) or all.")
+    ] = "all",
     parser: Annotated[
         str,
         typer.Option(
-            rich_help_panel=_POPE, help="POPE answer parser: hallbench (explicit unknown) or official (unparseable counts as yes)."
+            rich_help_panel=_POPE,
+            help="Yes/no answer parser: hallbench (explicit unknown) or official (the benchmark script's rule; POPE: unparseable counts as yes).",
         ),
     ] = "hallbench",
     prompt: Annotated[

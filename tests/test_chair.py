@@ -10,7 +10,6 @@ import pytest
 from hallbench.data.formats import read_coco_captions, read_synonyms
 from hallbench.errors import DataFormatError, HallbenchError
 from hallbench.eval.chair import (
-    CHAIR_DESCRIPTIONS,
     CHAIR_METRICS,
     ChairScorer,
     aggregate,
@@ -498,8 +497,14 @@ def test_drop_incomplete_sentence(text, expected):
 
 
 def test_metric_table():
-    assert CHAIR_METRICS == {"chair_s": False, "chair_i": False, "recall": True, "len": None}
-    assert set(CHAIR_DESCRIPTIONS) == set(CHAIR_METRICS)
+    assert {m.name: m.higher_is_better for m in CHAIR_METRICS} == {"chair_s": False, "chair_i": False, "recall": True, "len": None}
+    assert all(m.description for m in CHAIR_METRICS)
+    assert [(m.name, m.numerator, m.denominator, m.scale) for m in CHAIR_METRICS] == [
+        ("chair_s", "hallucinated_caption", "one", 100.0),
+        ("chair_i", "hallucinated_mentions", "mentions", 100.0),
+        ("recall", "recalled", "ground_truth", 100.0),
+        ("len", "words", "one", 1.0),
+    ]
 
 
 def test_shapes_world_references_score_clean(shapes_dir):

@@ -12,7 +12,7 @@ from hallbench.data.formats import read_pope_questions
 from hallbench.data.pope_build import SPLITS, PopeBuildConfig, build_pope
 from hallbench.data.shapes import THEMES, ShapesConfig, generate_shapes
 from hallbench.errors import DataFormatError, HallbenchError
-from hallbench.eval.pope import POPE_METRICS, aggregate_pope, parse_answer, pope_metrics
+from hallbench.eval.pope import POPE_METRIC_NAMES, POPE_METRICS, aggregate_pope, parse_answer, pope_metrics
 
 # ---------------------------------------------------------------------------------------------
 # parse_answer
@@ -195,7 +195,7 @@ def test_metrics_all_no_predictions_guard_precision_and_f1():
 def test_metrics_empty_input_is_all_zero_with_n_zero():
     m = pope_metrics([], [])
     assert m["n"] == 0
-    assert all(m[k] == 0.0 for k in POPE_METRICS)
+    assert all(m[k] == 0.0 for k in POPE_METRIC_NAMES)
 
 
 def test_metrics_perfect_answers():
@@ -213,11 +213,11 @@ def test_metrics_reject_bad_input():
 
 
 def test_metric_table_directions():
-    assert set(POPE_METRICS) == {"accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_rate"}
-    assert {k for k, (higher, _) in POPE_METRICS.items() if higher is True} == {"accuracy", "precision", "recall", "f1"}
-    assert POPE_METRICS["yes_ratio"][0] is None
-    assert POPE_METRICS["unknown_rate"][0] is False
-    assert all(isinstance(desc, str) and desc for _, desc in POPE_METRICS.values())
+    assert POPE_METRIC_NAMES == ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown_rate")
+    assert {m.name for m in POPE_METRICS if m.higher_is_better is True} == {"accuracy", "precision", "recall", "f1"}
+    by_name = {m.name: m for m in POPE_METRICS}
+    assert by_name["yes_ratio"].higher_is_better is None and by_name["unknown_rate"].higher_is_better is False
+    assert all(m.description and m.empty == 0.0 for m in POPE_METRICS)  # every POPE ratio guards 0/0 as 0.0
 
 
 # ---------------------------------------------------------------------------------------------

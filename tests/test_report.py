@@ -24,12 +24,13 @@ from typer.testing import CliRunner
 
 from hallbench.cli import app
 from hallbench.errors import HallbenchError
-from hallbench.eval.chair import CHAIR_DESCRIPTIONS, CHAIR_METRICS
+from hallbench.eval.chair import SPEC as CHAIR_SPEC
 from hallbench.eval.chair import aggregate as chair_aggregate
-from hallbench.eval.pope import POPE_METRICS, aggregate_pope, pope_metrics
+from hallbench.eval.pope import SPEC as POPE_SPEC
+from hallbench.eval.pope import aggregate_pope, pope_metrics
 from hallbench.report import run_report
-from hallbench.report.bootstrap import RatioMetric, SampleTable, bootstrap_ci, paired_test, point, stable_seed
-from hallbench.report.collect import METRICS
+from hallbench.eval.benchmark import Metric, SampleTable, point, sample_table
+from hallbench.report.bootstrap import bootstrap_ci, paired_test, stable_seed
 from hallbench.train.presets import PRESETS
 
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "report"
@@ -156,7 +157,7 @@ def eval_pope(
         "n_samples": len(records),
         "n_errors": 0,
         "errors": [],
-        "metrics_info": {k: {"higher_is_better": hib, "description": d} for k, (hib, d) in POPE_METRICS.items()},
+        "metrics_info": POPE_SPEC.metrics_info(),
         **aggregate_pope(records),
         "parser": "hallbench",
     }
@@ -205,7 +206,7 @@ def eval_chair(
         "n_samples": len(records),
         "n_errors": 0,
         "errors": [],
-        "metrics_info": {k: {"higher_is_better": hib, "description": CHAIR_DESCRIPTIONS[k]} for k, hib in CHAIR_METRICS.items()},
+        "metrics_info": CHAIR_SPEC.metrics_info(),
         "metrics": chair_aggregate(records),
     }
     _dump(folder / "summary.json", summary)
@@ -459,16 +460,14 @@ def test_metric_recomputation_matches_pope_metrics_on_random_answers():
     records = [
         {"question_id": str(i), "split": "random", "label": a, "parsed": b} for i, (a, b) in enumerate(zip(labels, parsed, strict=True))
     ]
-    from hallbench.report.collect import _pope_table
-
-    table = _pope_table(records, "random")
+    table = sample_table(POPE_SPEC, records, "random", {})
     expected = pope_metrics(labels, parsed)
-    for metric, spec in METRICS["pope"].items():
-        assert point(table, spec) == pytest.approx(100 * expected[metric]), metric
+    for metric in POPE_SPEC.metrics:
+        assert point(table, metric) == pytest.approx(100 * expected[metric.name]), metric
 
 
 def test_bootstrap_ci_known_cases():
-    accuracy = {"acc": RatioMetric("correct", "one")}
+    accuracy = {"acc": Metric("acc", "correct")}
     seed = stable_seed(0, "test")
     perfect = SampleTable([str(i) for i in range(5)], {"correct": np.ones(5), "one": np.ones(5)})
     interval = bootstrap_ci(perfect, accuracy, n_resamples=1000, seed=seed)["acc"]
@@ -493,14 +492,14 @@ PINNED_CI = (55.0, 90.0)
 def test_undefined_resamples_are_left_out_of_the_interval():
     # CHAIRi with one caption that mentions objects and one that does not: a resample of only the
     # second has no mention (undefined), and must not count as 0.
-    chair_i = {"chair_i": RatioMetric("hall", "mentions")}
+    chair_i = {"chair_i": Metric("chair_i", "hall", "mentions")}
     table = SampleTable(["1", "2"], {"hall": np.array([1.0, 0.0]), "mentions": np.array([2.0, 0.0])})
     got = bootstrap_ci(table, chair_i, n_resamples=500, seed=stable_seed(0, "x"))["chair_i"]
     assert (got.low, got.high) == (50.0, 50.0)
 
 
 def test_paired_test_pairs_by_id_and_detects_a_consistent_difference():
-    acc = {"acc": RatioMetric("correct", "one")}
+    acc = {"acc": Metric("acc", "correct")}
     ids = [str(i) for i in range(30)]
     base = SampleTable(ids, {"correct": np.array([1.0] * 15 + [0.0] * 15), "one": np.ones(30)})
     # The variant fixes 10 of base's errors; its records come in another order (pairing is by id, not position).
@@ -791,7 +790,7 @@ def test_resampling_images_widens_the_interval_when_an_images_answers_go_togethe
     # 20 images x 6 questions; an image is answered all right or all wrong (as a misread image is).
     ids = [f"q{i}" for i in range(120)]
     correct = np.repeat([1.0, 0.0] * 10, 6)
-    acc = {"acc": RatioMetric("correct", "one")}
+    acc = {"acc": Metric("acc", "correct")}
     by_question = SampleTable(ids, {"correct": correct, "one": np.ones(120)})
     by_image = SampleTable(ids, {"correct": correct, "one": np.ones(120)}, groups=[f"img{i // 6}" for i in range(120)])
     narrow = bootstrap_ci(by_question, acc, n_resamples=2000, seed=stable_seed(0, "w"))["acc"]
@@ -805,7 +804,7 @@ def test_the_permutation_test_keeps_its_level_and_holm_corrects_a_family():
     from hallbench.report.bootstrap import holm
 
     rng = np.random.default_rng(1)
-    acc = {"acc": RatioMetric("correct", "one")}
+    acc = {"acc": Metric("acc", "correct")}
     ids = [str(i) for i in range(200)]
     rejections = 0
     for trial in range(40):  # two runs of one model: exchangeable, so p < 0.05 about 5% of the time

@@ -1,7 +1,7 @@
 """Scoring rules carry versions that caches and summaries rely on; editing a rule without a bump fails here.
 
 Each versioned rule is fingerprinted: the sha256 of the source of the functions and the values of
-the constants that decide its output. The fingerprint is pinned next to the version. When a test
+the constants that decide its output (a benchmark's metric declarations and per-sample fields included). The fingerprint is pinned next to the version. When a test
 below fails, the rule changed: bump the version named in the message (so that CHAIR ground-truth
 caches and judge caches are rebuilt, and summaries say which rules made them) and pin the new
 fingerprint printed by the failure. Formatting-only edits change the fingerprint too; bump anyway,
@@ -16,10 +16,10 @@ import inspect
 from hallbench.eval import chair, judge, pope, vqa
 
 PINNED = {
-    "chair": ("chair-gt-3", "73ab514532b36958"),
+    "chair": ("chair-gt-3", "579325378e5d185d"),
     "judge": ("equiv-v2", "ca560a5b0d5763c1"),
-    "pope": ("pope-2", "ab9f6a04c45f4a85"),
-    "vqa": ("vqa-1", "a1f2fe1da8f1666f"),
+    "pope": ("pope-2", "f6cded7def92974e"),
+    "vqa": ("vqa-1", "6ea5a4f6c2321515"),
 }
 
 
@@ -39,6 +39,8 @@ def fingerprints() -> dict[str, tuple[str, str]]:
         "chair": (
             chair.CODE_VERSION,
             _fingerprint(
+                chair.CHAIR_METRICS,
+                chair._fields,
                 chair.split_words,
                 chair._special_phrases,
                 scorer._normalise,
@@ -74,6 +76,8 @@ def fingerprints() -> dict[str, tuple[str, str]]:
         "pope": (
             pope.PARSER_VERSION,
             _fingerprint(
+                pope.POPE_METRICS,
+                pope._fields,
                 pope.parse_answer,
                 pope._parse_official,
                 pope.existence_question,
@@ -89,7 +93,7 @@ def fingerprints() -> dict[str, tuple[str, str]]:
                 pope._object_pattern,
             ),
         ),  # fmt: skip
-        "vqa": (vqa.VqaBenchmark.version, _fingerprint(vqa.extract_final_answer, vqa._marker_pattern)),
+        "vqa": (vqa.SPEC.version, _fingerprint(vqa.VQA_METRICS, vqa._fields, vqa.extract_final_answer, vqa._marker_pattern)),
     }
 
 
@@ -98,10 +102,10 @@ def test_every_scoring_rule_change_comes_with_a_version_bump():
     stale = {name: current[name] for name in PINNED if current[name] != PINNED[name]}
     assert not stale, (
         "a scoring rule changed: for each of these, bump its version (chair.CODE_VERSION, judge.PROMPT_ID, "
-        f"pope.PARSER_VERSION, VqaBenchmark.version) if its output can change, then pin (version, fingerprint): {stale}"
+        f"pope.PARSER_VERSION, vqa.SPEC.version) if its output can change, then pin (version, fingerprint): {stale}"
     )
 
 
 def test_the_versions_are_recorded_by_the_benchmarks():
-    assert pope.PopeBenchmark.version == pope.PARSER_VERSION
-    assert chair.ChairBenchmark.version == chair.CODE_VERSION
+    assert pope.SPEC.version == pope.PARSER_VERSION
+    assert chair.SPEC.version == chair.CODE_VERSION

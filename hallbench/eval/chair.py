@@ -69,6 +69,7 @@ from typing import Any, NamedTuple
 
 from hallbench.data.formats import read_coco_captions, read_coco_instances, read_synonyms, read_utf8
 from hallbench.errors import DataFormatError, HallbenchError, shorten
+from hallbench.eval.benchmark import BenchmarkSpec, DetailTable, Metric, metric_values
 from hallbench.provenance import sha256_file
 
 # Bump whenever a change here can change a ground-truth index or a mention (tokenisation,
@@ -76,14 +77,31 @@ from hallbench.provenance import sha256_file
 # reused, and every summary records it. tests/test_versions.py fails on an edit without a bump.
 CODE_VERSION = "chair-gt-3"
 
-# For each metric: is higher better? (None: neither, Len only describes the captions.)
-CHAIR_METRICS: dict[str, bool | None] = {"chair_s": False, "chair_i": False, "recall": True, "len": None}
-CHAIR_DESCRIPTIONS: dict[str, str] = {
-    "chair_s": "CHAIRs: share of captions naming at least one object absent from the image (None with no captions)",
-    "chair_i": "CHAIRi: share of object mentions whose object is absent from the image, every mention counted (None with no mention)",
-    "recall": "Recall: share of the image's objects that the caption names, summed over captions (None with no ground-truth object)",
-    "len": "Len: mean caption length in words (None with no captions)",
-}
+# The metrics, declared once (hallbench/eval/benchmark.py): ratios of per-caption fields (_fields),
+# computed by aggregate() for summary.json and by the report for its intervals.
+CHAIR_METRICS: tuple[Metric, ...] = (
+    Metric("chair_s", "hallucinated_caption", label="CHAIRs", higher_is_better=False,
+           description="CHAIRs: share of captions naming at least one object absent from the image (None with no captions)"),
+    Metric("chair_i", "hallucinated_mentions", "mentions", label="CHAIRi", higher_is_better=False,
+           description="CHAIRi: share of object mentions whose object is absent from the image, every mention counted (None with no mention)"),
+    Metric("recall", "recalled", "ground_truth", label="Recall",
+           description="Recall: share of the image's objects that the caption names, summed over captions (None with no ground-truth object)"),
+    Metric("len", "words", label="Len", higher_is_better=None, scale=1.0, unit="words",
+           description="Len: mean caption length in words (None with no captions)"),
+)  # fmt: skip
+
+
+def _fields(result: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, float]:
+    """The per-caption fields of the CHAIR metrics, from a :meth:`ChairScorer.score_caption` result."""
+    return {
+        "hallucinated_caption": 1.0 if result["hallucinated"] else 0.0,
+        "hallucinated_mentions": float(len(result["hallucinated"])),
+        "mentions": float(len(result["mentioned"])),
+        "recalled": float(len(result["recalled_objects"])),
+        "ground_truth": float(len(result["ground_truth"])),
+        "words": float(result["n_words"]),
+    }
+
 
 DEFAULT_SYNONYMS_RESOURCE = "coco_synonyms.txt"
 
@@ -575,7 +593,7 @@ class ChairScorer:
         return {"metrics": aggregate(per_caption), "captions": per_caption}
 
 
-def aggregate(per_caption: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate(per_caption: list[Mapping[str, Any]]) -> dict[str, Any]:
     """CHAIRs, CHAIRi, Recall and Len over the results of :meth:`ChairScorer.score_caption`.
 
     Returns ``chair_s``, ``chair_i``, ``recall``, ``len`` (each None when undefined: no caption, no
@@ -608,14 +626,7 @@ def aggregate(per_caption: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         totals["hallucinated_objects"] += len(result["hallucinated_objects"])
         totals["recalled_objects"] += len(result["recalled_objects"])
         totals["ground_truth_objects"] += len(result["ground_truth"])
-    return {
-        "chair_s": _ratio(totals["hallucinated_captions"], totals["captions"]),
-        "chair_i": _ratio(totals["hallucinated_mentions"], totals["mentions"]),
-        "recall": _ratio(totals["recalled_objects"], totals["ground_truth_objects"]),
-        "len": _ratio(totals["words"], totals["captions"]),
-        "n": totals["captions"],
-        "totals": totals,
-    }
+    return {**metric_values(SPEC, per_caption), "n": totals["captions"], "totals": totals}
 
 
 def _special_phrases(synonyms: Mapping[str, str]) -> dict[str, str | None]:
@@ -694,19 +705,8 @@ class ChairBenchmark:
     CHAIR protocol, and the same 500 on every run.
     """
 
-    name = "chair"
-    scoring_options = ("synonyms", "drop_incomplete")
-    """EvalConfig fields that only change how the captions are scored: changing them re-scores, never regenerates."""
-    version = CODE_VERSION
-    """Recorded in every summary.json: the matcher and ground-truth rules the numbers come from."""
-    default_max_new_tokens = 512
-    """As OPERA and most CHAIR tables: long enough that a detailed caption ends on its own."""
-
     def __init__(self, cfg: Any):
-        from hallbench.eval.run import MetricInfo
-
         self.cfg = cfg
-        self.metrics = {name: MetricInfo(name, hib, CHAIR_DESCRIPTIONS[name]) for name, hib in CHAIR_METRICS.items()}
         data = Path(cfg.data) if cfg.data is not None else None
         self.instances = Path(cfg.instances) if cfg.instances else self._in_data(data, "annotations/instances_val.json", required=True)
         self.captions = Path(cfg.captions) if cfg.captions else self._in_data(data, "annotations/captions_val.json", required=False)
@@ -764,3 +764,22 @@ class ChairBenchmark:
             "image_ids": {"file": str(self.cfg.image_ids), "sha256": sha256_file(Path(self.cfg.image_ids))} if self.cfg.image_ids else None,
             "ground_truth_cache": str(self.scorer.cache_path),
         }
+
+
+SPEC = BenchmarkSpec(
+    name="chair",
+    title="CHAIR",
+    version=CODE_VERSION,  # the matcher and ground-truth rules the numbers come from
+    metrics=CHAIR_METRICS,
+    per_sample=_fields,
+    benchmark=ChairBenchmark,
+    # As OPERA and most CHAIR tables: long enough that a detailed caption ends on its own.
+    default_max_new_tokens=512,
+    sample_id=lambda record: str(record.get("image_id", record.get("id"))),
+    group=None,  # one caption per image: every caption is its own unit
+    scoring_options=("synonyms", "drop_incomplete"),
+    paper_metrics=("chair_s", "chair_i"),
+    paper_always=True,
+    detail=DetailTable("decoding", "CHAIR by decoding strategy", rows="decoding"),
+    headline=(("all", "chair_s"), ("all", "chair_i")),
+)

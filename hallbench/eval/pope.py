@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError, shorten
+from hallbench.eval.benchmark import BenchmarkSpec, DetailTable, Metric, is_error, metric_values
 from hallbench.runfolder import recorded_path_candidates
 
 SPLIT_ORDER: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -30,15 +31,40 @@ PARSER_VERSION = "pope-2"
 pope-2: hedges are unknown; answers are read for the asked object; "an" before a vowel."""
 PREDICTIONS: tuple[str, ...] = ("yes", "no", "unknown")
 
-# metric -> (higher is better: True / False / None for neutral, one-line description)
-POPE_METRICS: dict[str, tuple[bool | None, str]] = {
-    "accuracy": (True, "share of questions answered correctly; an 'unknown' answer is wrong"),
-    "precision": (True, "of the questions answered 'yes', the share whose label is 'yes' (0.0 when none answered 'yes')"),
-    "recall": (True, "of the questions labelled 'yes', the share answered 'yes' (0.0 when no label is 'yes')"),
-    "f1": (True, "harmonic mean of precision and recall, for the class 'yes' (0.0 when both are 0)"),
-    "yes_ratio": (None, "share of predictions that are 'yes'; neutral: closest to the labels' yes share (0.5 in POPE) is ideal"),
-    "unknown_rate": (False, "share of answers that the parsing rule could not read as yes or no"),
-}
+# The metrics, declared once (hallbench/eval/benchmark.py): pope_metrics, aggregate_pope and the report
+# all compute them from these ratios of per-question fields (_fields).
+POPE_METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "correct", label="Acc", empty=0.0,
+           description="share of questions answered correctly; an 'unknown' answer is wrong"),
+    Metric("precision", "tp", "answered_yes", label="Precision", empty=0.0,
+           description="of the questions answered 'yes', the share whose label is 'yes' (0.0 when none answered 'yes')"),
+    Metric("recall", "tp", "label_yes", label="Recall", empty=0.0,
+           description="of the questions labelled 'yes', the share answered 'yes' (0.0 when no label is 'yes')"),
+    # F1 = 2PR / (P + R) = 2 tp / (answered yes + labelled yes): a ratio of sums, like every metric.
+    Metric("f1", "tp2", "yes_total", label="F1", empty=0.0,
+           description="harmonic mean of precision and recall, for the class 'yes' (0.0 when both are 0)"),
+    Metric("yes_ratio", "answered_yes", label="Yes Ratio", higher_is_better=None, empty=0.0, reference=50.0,
+           reference_label="50% (POPE labels)",
+           description="share of predictions that are 'yes'; neutral: closest to the labels' yes share (0.5 in POPE) is ideal"),
+    Metric("unknown_rate", "unknown", label="Unknown", higher_is_better=False, empty=0.0,
+           description="share of answers that the parsing rule could not read as yes or no"),
+)  # fmt: skip
+POPE_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in POPE_METRICS)
+
+
+def _fields(record: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, float]:
+    """The per-question fields the POPE metrics are ratios of (``label`` yes/no, ``parsed`` yes/no/unknown)."""
+    label_yes, answered_yes = record["label"] == "yes", record["parsed"] == "yes"
+    return {
+        "correct": float(record["parsed"] == record["label"]),
+        "tp": float(label_yes and answered_yes),
+        "tp2": 2.0 * (label_yes and answered_yes),
+        "answered_yes": float(answered_yes),
+        "label_yes": float(label_yes),
+        "yes_total": float(answered_yes) + float(label_yes),
+        "unknown": float(record["parsed"] == "unknown"),
+    }
+
 
 # ---------------------------------------------------------------------------------------------
 # Questions
@@ -232,18 +258,10 @@ def pope_metrics(labels: list[str], predictions: list[str]) -> dict:
     fn = sum(lab == "yes" and pred == "no" for lab, pred in pairs)
     n_unknown = sum(pred == "unknown" for pred in predictions)
     n = len(labels)
-    n_label_yes = sum(lab == "yes" for lab in labels)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, n_label_yes)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    values = metric_values(SPEC, [{"label": lab, "parsed": pred} for lab, pred in pairs])
     return {
-        "accuracy": _ratio(tp + tn, n),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "yes_ratio": _ratio(tp + fp, n),
-        "unknown_rate": _ratio(n_unknown, n),
-        "label_yes_ratio": _ratio(n_label_yes, n),
+        **values,
+        "label_yes_ratio": _ratio(sum(lab == "yes" for lab in labels), n),
         "n": n,
         "tp": tp,
         "fp": fp,
@@ -251,11 +269,6 @@ def pope_metrics(labels: list[str], predictions: list[str]) -> dict:
         "fn": fn,
         "n_unknown": n_unknown,
     }
-
-
-def _is_error(record: Mapping) -> bool:
-    # A sample "could not be evaluated" when its error field holds something (a message, True).
-    return record.get("error") not in (None, "", False)
 
 
 def aggregate_pope(records: list[dict]) -> dict:
@@ -270,7 +283,7 @@ def aggregate_pope(records: list[dict]) -> dict:
     Returns::
 
         {"splits": {split: {<pope_metrics keys>, "n_errors": int}},   # random, popular, adversarial first
-         "mean": {metric: float for metric in POPE_METRICS},          # unweighted over mean_over
+         "mean": {metric: float for metric in POPE_METRIC_NAMES},     # unweighted over mean_over
          "mean_over": [split, ...],                                   # splits with at least one scored record
          "pooled": {<pope_metrics keys>, "n_errors": int},            # all scored records together
          "n_errors": int}
@@ -288,7 +301,7 @@ def aggregate_pope(records: list[dict]) -> dict:
     for i, record in enumerate(records):
         if not isinstance(record, Mapping):
             raise HallbenchError(f"POPE records[{i}]: expected a dict, found {shorten(record)}")
-        needed = ("question_id", "split", "label") if _is_error(record) else ("question_id", "split", "label", "parsed")
+        needed = ("question_id", "split", "label") if is_error(record) else ("question_id", "split", "label", "parsed")
         missing = [key for key in needed if key not in record]
         if missing:
             raise HallbenchError(f"POPE records[{i}]: expected fields {list(needed)}, found {sorted(record)} (missing {missing})")
@@ -296,7 +309,7 @@ def aggregate_pope(records: list[dict]) -> dict:
             raise HallbenchError(
                 f"POPE records[{i}] (question_id {record['question_id']!r}).label: expected 'yes' or 'no', found {shorten(record['label'])}"
             )
-        if not _is_error(record) and record["parsed"] not in PREDICTIONS:
+        if not is_error(record) and record["parsed"] not in PREDICTIONS:
             raise HallbenchError(
                 f"POPE records[{i}] (question_id {record['question_id']!r}).parsed: expected 'yes', 'no' or 'unknown', found {shorten(record['parsed'])}"
             )
@@ -312,7 +325,7 @@ def aggregate_pope(records: list[dict]) -> dict:
     order = [s for s in SPLIT_ORDER if s in by_split] + sorted(s for s in by_split if s not in SPLIT_ORDER)
     splits = {split: _score(by_split[split]) for split in order}
     mean_over = [split for split in order if splits[split]["n"] > 0]
-    mean = {metric: _ratio_f(sum(splits[s][metric] for s in mean_over), len(mean_over)) for metric in POPE_METRICS}
+    mean = {metric: _ratio_f(sum(splits[s][metric] for s in mean_over), len(mean_over)) for metric in POPE_METRIC_NAMES}
     pooled = _score([r for split in order for r in by_split[split]])
     return {"splits": splits, "mean": mean, "mean_over": mean_over, "pooled": pooled, "n_errors": pooled["n_errors"]}
 
@@ -322,7 +335,7 @@ def _ratio_f(total: float, count: int) -> float:
 
 
 def _score(records: Sequence[Mapping]) -> dict:
-    scored = [r for r in records if not _is_error(r)]
+    scored = [r for r in records if not is_error(r)]
     metrics = pope_metrics([r["label"] for r in scored], [r["parsed"] for r in scored])
     metrics["n_errors"] = len(records) - len(scored)
     return metrics
@@ -343,19 +356,8 @@ class PopeBenchmark:
     so predictions are joined to labels by question id by construction, never by file order.
     """
 
-    name = "pope"
-    scoring_options = ("parser", "labels")
-    """EvalConfig fields that only change how the answers are scored: changing them re-scores, never regenerates."""
-    version = PARSER_VERSION
-    """Recorded in every summary.json: the hallbench parsing rule the numbers come from (with ``parser``)."""
-    default_max_new_tokens = 32
-    """An answer such as "Yes, there is a dog in the image." is about 10 tokens; 32 leave room for a hedge."""
-
     def __init__(self, cfg: Any):
-        from hallbench.eval.run import MetricInfo
-
         self.cfg = cfg
-        self.metrics = {name: MetricInfo(name, hib, desc) for name, (hib, desc) in POPE_METRICS.items()}
         if cfg.data is None:
             raise HallbenchError("--bench pope needs --data: a folder of split files (hallbench data pope) or one POPE question file")
         if cfg.split not in ("all", *SPLIT_ORDER):
@@ -458,3 +460,23 @@ class PopeBenchmark:
                 {"labels": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.label_files.items()}} if self.label_files else {}
             ),
         }
+
+
+SPEC = BenchmarkSpec(
+    name="pope",
+    title="POPE",
+    version=PARSER_VERSION,  # with ``parser``: the rule the numbers come from
+    metrics=POPE_METRICS,
+    per_sample=_fields,
+    benchmark=PopeBenchmark,
+    # An answer such as "Yes, there is a dog in the image." is about 10 tokens; 32 leave room for a hedge.
+    default_max_new_tokens=32,
+    splits=SPLIT_ORDER,
+    sample_id=lambda record: f"{record['split']}/{record['question_id']}",
+    scoring_options=("parser", "labels"),
+    paper_metrics=("accuracy", "f1"),
+    paper_always=True,
+    detail=DetailTable("pope_detail", "POPE per split", rows="split"),
+    headline=(("random", "accuracy"), ("adversarial", "accuracy")),
+    plot_metrics=("f1", "yes_ratio"),
+)

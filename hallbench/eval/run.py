@@ -16,7 +16,6 @@ re-scores the answers without generating. The folder is locked while a process w
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -24,35 +23,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hallbench.errors import HallbenchError, SettingsChangedError
+from hallbench.eval.benchmark import BENCHMARKS, get_spec
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
 from hallbench.provenance import identity_changes, provenance
 from hallbench.runfolder import SCORES_FOLDER, folder_content, locked_output_folder, make_output_folder, write_json_atomic
 
-# name -> "module:class"; imported lazily so that the CLI starts instantly.
-BENCHMARKS: dict[str, str] = {
-    "pope": "hallbench.eval.pope:PopeBenchmark",
-    "chair": "hallbench.eval.chair:ChairBenchmark",
-    "vqa": "hallbench.eval.vqa:VqaBenchmark",
-}
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    higher_is_better: bool | None
-    """``None`` for neutral quantities (yes-ratio, caption length)."""
-    description: str
-
 
 class Benchmark(Protocol):
-    """What every benchmark file provides (see ``pope.py``, ``chair.py``)."""
-
-    name: str
-    version: str
-    """The rules the numbers come from (parser, matcher, extraction), recorded in summary.json; bumped when they change."""
-    metrics: dict[str, MetricInfo]
-    default_max_new_tokens: int
-    """Answer length used when ``--max-new-tokens`` is not given."""
+    """What a benchmark's class provides (``BenchmarkSpec.benchmark``; see ``pope.py``, ``chair.py``)."""
 
     def samples(self) -> list[Sample]: ...
 
@@ -81,9 +59,9 @@ class EvalConfig:
     model: str = "tiny-qwen"
     """hf backend: registry name, model folder, cached hub id, or training run folder."""
     split: str = "all"
-    """POPE split: random, popular, adversarial, or all."""
+    """The benchmark's split to evaluate (POPE: random, popular, adversarial), or ``all`` (every split)."""
     parser: str = "hallbench"
-    """POPE answer parser: ``hallbench`` (explicit unknown class) or ``official`` (unparseable -> yes)."""
+    """Yes/no answer parser (POPE and the other yes/no benchmarks): ``hallbench`` (explicit unknown class) or ``official`` (the benchmark's own script's rule)."""
     prompt: str | None = None
     """CHAIR captioning prompt (default: "Please describe this image in detail.")."""
     drop_incomplete: bool = False
@@ -161,6 +139,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.bench not in BENCHMARKS:
             raise HallbenchError(f"unknown --bench '{self.bench}'; choose one of {', '.join(BENCHMARKS)}")
+        spec = get_spec(self.bench)
         if self.backend not in ("hf", "openai"):
             raise HallbenchError(f"unknown --backend '{self.backend}'; choose hf or openai")
         if self.backend == "openai" and not (self.base_url and self.api_model):
@@ -192,8 +171,7 @@ class EvalConfig:
         if self.image_ids is not None and self.bench != "chair":
             raise HallbenchError("--image-ids applies to --bench chair only")
         if self.decoding.max_new_tokens is None:
-            default = benchmark_class(self.bench).default_max_new_tokens
-            object.__setattr__(self, "decoding", replace(self.decoding, max_new_tokens=default))
+            object.__setattr__(self, "decoding", replace(self.decoding, max_new_tokens=spec.default_max_new_tokens))
 
     def identity(self) -> dict[str, Any]:
         """What the answers depend on: every field but ``NON_IDENTITY`` and the benchmark's ``scoring_options``."""
@@ -209,16 +187,11 @@ class EvalConfig:
 
 def scoring_options(bench: str) -> tuple[str, ...]:
     """EvalConfig fields that only change how answers are scored (POPE: parser, labels): changing them re-scores."""
-    return tuple(getattr(benchmark_class(bench), "scoring_options", ()))
-
-
-def benchmark_class(name: str) -> Any:
-    module_name, class_name = BENCHMARKS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return get_spec(bench).scoring_options
 
 
 def load_benchmark(cfg: EvalConfig) -> Benchmark:
-    return benchmark_class(cfg.bench)(cfg)
+    return get_spec(cfg.bench).benchmark(cfg)
 
 
 def make_backend(cfg: EvalConfig) -> Any:
@@ -329,7 +302,7 @@ def _run_locked(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], *, pro
 def _summary(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], records: list[dict], model: str | None) -> dict[str, Any]:
     return {
         "bench": cfg.bench,
-        "bench_version": bench.version,
+        "bench_version": get_spec(cfg.bench).version,
         "model": model,
         "decoding": cfg.decoding.decoding,
         "n_samples": len(samples),
@@ -337,7 +310,7 @@ def _summary(cfg: EvalConfig, bench: Benchmark, samples: list[Sample], records: 
         "scoring": cfg.scoring(),
         "n_errors": sum(1 for r in records if r.get("error")),
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")][:100],
-        "metrics_info": {m.name: {"higher_is_better": m.higher_is_better, "description": m.description} for m in bench.metrics.values()},
+        "metrics_info": get_spec(cfg.bench).metrics_info(),
         **bench.aggregate(records),
     }
 

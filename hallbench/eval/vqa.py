@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import BenchmarkSpec, Metric, is_error, metric_values
 
 DEFAULT_MARKER = "### The final answer is:"
 
@@ -57,25 +59,8 @@ def extract_final_answer(text: str, marker: str = DEFAULT_MARKER) -> tuple[str, 
 class VqaBenchmark:
     """One sample per question; judge verdicts and BERTScores are added once generation is done."""
 
-    name = "vqa"
-    version = "vqa-1"
-    """Recorded in every summary.json with the judge's ``prompt_id``: the final-answer extraction rule."""
-    default_max_new_tokens = 1024
-    """Room for the reasoning before the final-answer marker (64 tokens cut most of it off)."""
-
     def __init__(self, cfg: Any):
-        from hallbench.eval.run import MetricInfo
-
         self.cfg = cfg
-        self.metrics = {
-            "closed_accuracy": MetricInfo(
-                "closed_accuracy", True, "CLOSED questions judged equivalent to the reference / CLOSED questions judged"
-            ),
-            "open_bertscore_f1": MetricInfo("open_bertscore_f1", True, "mean BERTScore F1 of OPEN final answers against the references"),
-            "open_bertscore_precision": MetricInfo("open_bertscore_precision", True, "mean BERTScore precision of OPEN answers"),
-            "open_bertscore_recall": MetricInfo("open_bertscore_recall", True, "mean BERTScore recall of OPEN answers"),
-            "missing_marker_rate": MetricInfo("missing_marker_rate", False, "answers without the final-answer marker / answers"),
-        }
         if cfg.data is None:
             raise HallbenchError(
                 "--bench vqa needs --data: a question file in the seed-001 format (id, img_name, question, answer, answer_type)"
@@ -201,33 +186,20 @@ class VqaBenchmark:
         return enriched
 
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
-        usable = [r for r in records if not r.get("error")]
+        usable = [r for r in records if not is_error(r)]
         closed = [r for r in usable if r["answer_type"] == "CLOSED"]
         opened = [r for r in usable if r["answer_type"] == "OPEN"]
         judged = [r for r in closed if r.get("correct") is not None]
         judge_errors = [r["id"] for r in closed if "judge" in r and r["judge"].get("verdict") is None]
-        open_scores = [r["bertscore"] for r in opened if "bertscore" in r]
-        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
-        missing = sum(1 for r in usable if r["missing_marker"])
-        mean = {k: (sum(s[k] for s in open_scores) / len(open_scores) if open_scores else None) for k in zero}
-        # Open answers excluded by --require-marker score 0, like a wrong closed answer.
-        n_open_excluded = len(opened) - len(open_scores)
-        if self.cfg.require_marker and opened:
-            mean = {k: (sum(s[k] for s in open_scores) / len(opened)) for k in zero}
+        n_open_scored = sum(1 for r in opened if "bertscore" in r)
         return {
-            "metrics": {
-                "closed_accuracy": (sum(1 for r in judged if r["correct"]) / len(judged)) if judged else None,
-                "open_bertscore_precision": mean["precision"],
-                "open_bertscore_recall": mean["recall"],
-                "open_bertscore_f1": mean["f1"],
-                "missing_marker_rate": missing / len(usable) if usable else None,
-            },
+            "metrics": {**metric_values(SPEC, usable, {"require_marker": self.cfg.require_marker}), "n": len(usable)},
             "n_closed": len(closed),
             "n_closed_judged": len(judged),
             "n_open": len(opened),
-            "n_open_scored": len(open_scores),
-            "n_open_excluded": n_open_excluded,
-            "n_missing_marker": missing,
+            "n_open_scored": n_open_scored,
+            "n_open_excluded": len(opened) - n_open_scored,
+            "n_missing_marker": sum(1 for r in usable if r["missing_marker"]),
             "require_marker": self.cfg.require_marker,
             "judge_errors": len(judge_errors),
             "judge_error_ids": judge_errors,
@@ -242,3 +214,48 @@ def _as_dict(judgement: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(judgement) if is_dataclass(judgement) else dict(judgement)
+
+
+# The metrics, declared once (hallbench/eval/benchmark.py). Closed accuracy is over the judged CLOSED
+# questions (a judge error is not counted); the open BERTScores are means over the scored OPEN answers,
+# or over every OPEN answer (unscored = 0, like a wrong closed answer) with --require-marker.
+VQA_METRICS: tuple[Metric, ...] = (
+    Metric("closed_accuracy", "correct", "judged", label="Closed Acc",
+           description="CLOSED questions judged equivalent to the reference / CLOSED questions judged"),
+    Metric("open_bertscore_precision", "open_precision", "open_scored", label="Open BERTScore-P",
+           description="mean BERTScore precision of OPEN answers"),
+    Metric("open_bertscore_recall", "open_recall", "open_scored", label="Open BERTScore-R",
+           description="mean BERTScore recall of OPEN answers"),
+    Metric("open_bertscore_f1", "open_f1", "open_scored", label="Open BERTScore-F1",
+           description="mean BERTScore F1 of OPEN final answers against the references"),
+    Metric("missing_marker_rate", "missing_marker", label="No marker", higher_is_better=False,
+           description="answers without the final-answer marker / answers"),
+)  # fmt: skip
+
+
+def _fields(record: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, float]:
+    """The per-question fields of the VQA metrics (``options``: the run's ``require_marker``)."""
+    judged = record.get("answer_type") == "CLOSED" and record.get("correct") is not None
+    opened = record.get("answer_type") == "OPEN"
+    scores = record.get("bertscore") if opened else None
+    return {
+        "correct": 1.0 if judged and record["correct"] else 0.0,
+        "judged": float(judged),
+        **{f"open_{k}": float(scores[k]) if scores else 0.0 for k in ("precision", "recall", "f1")},
+        "open_scored": float(opened if options.get("require_marker") else scores is not None),
+        "missing_marker": float(bool(record.get("missing_marker"))),
+    }
+
+
+SPEC = BenchmarkSpec(
+    name="vqa",
+    title="VQA",
+    version="vqa-1",  # with the judge's prompt_id: the final-answer extraction rule
+    metrics=VQA_METRICS,
+    per_sample=_fields,
+    benchmark=VqaBenchmark,
+    # Room for the reasoning before the final-answer marker (64 tokens cut most of it off).
+    default_max_new_tokens=1024,
+    paper_metrics=("closed_accuracy", "open_bertscore_f1"),
+    command_flags=("--judge-base-url <judge endpoint>",),
+)

@@ -2,8 +2,9 @@
 
     collect.py    find training and evaluation runs, the long DataFrame (value, n, CI, paired test per cell)
     bootstrap.py  bootstrap CIs and paired significance, recomputed from predictions.jsonl
-    tables.py     table2, ablation_injection, ablation_loss, decoding, pope_detail (and pope_scorings) -> Markdown and LaTeX
-    plots.py      training curves (and the pretraining they start from), POPE F1 / yes ratio, per-seed values
+    tables.py     table2, ablation_injection, ablation_loss, each benchmark's detail table (pope_detail, decoding)
+                  and re-scorings table (pope_scorings) -> Markdown and LaTeX; layouts from the benchmarks' specs
+    plots.py      training curves (and the pretraining they start from), each benchmark's plot_metrics, per-seed values
 
 :func:`run_report` is what ``hallbench report`` calls. The output is deterministic: the same runs,
 seed and number of resamples give byte-identical files (no timestamps are written), so a report can
@@ -19,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import all_specs, get_spec
 from hallbench.report.collect import (
     EvalRun,
     RunSet,
@@ -153,7 +155,7 @@ def _missing_md(table: Table) -> list[str]:
     for m in table.missing:
         where = " / ".join(m.row.labels)
         splits = [s for s in m.splits if s not in ("", "all")]
-        what = f"{m.bench.upper() if m.bench != 'chair' else 'CHAIR'}" + (f" {', '.join(splits)}" if splits else "")
+        what = get_spec(m.bench).title + (f" {', '.join(splits)}" if splits else "")
         what += f" scored as {scoring_label(m.scoring)}" if m.scoring else ""
         lines.append(f"- {where}: {what} ({', '.join(m.metrics)}): " + " then ".join(f"`{c}`" for c in m.commands))
     return lines
@@ -161,7 +163,7 @@ def _missing_md(table: Table) -> list[str]:
 
 def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Skipped]) -> list[tuple[Path, str]]:
     from hallbench.report.collect import variant_rank
-    from hallbench.report.plots import own_cells, plot_pope, plot_seeds, plot_training_curves
+    from hallbench.report.plots import own_cells, plot_seeds, plot_split_metrics, plot_training_curves
     from hallbench.report.tables import _slug
 
     written: list[tuple[Path, str]] = []
@@ -198,12 +200,12 @@ def _plots(found: RunSet, frame: pd.DataFrame, out: Path, rel, warnings: list[Sk
             written.append((path, source))
     labels = {r.variant: r.variant_label for r in found.evals}
     cells = own_cells(frame)
-    greedy_pope = cells[(cells.bench == "pope") & (cells.decoding == "greedy")]
-    pope_runs = sorted({path for runs in greedy_pope.run for path in str(runs).split(";")})
-    source = "evaluation runs " + ", ".join(pope_runs)
-    path = out / "pope_f1_yes_ratio.png"
-    if plot_pope(frame, path, labels=labels, provenance=source):
-        written.append((path, source))
+    for spec in all_specs():
+        greedy = cells[(cells.bench == spec.name) & (cells.decoding == "greedy")]
+        source = "evaluation runs " + ", ".join(sorted({path for runs in greedy.run for path in str(runs).split(";")}))
+        path = out / f"{'_'.join((spec.name, *spec.plot_metrics))}.png"
+        if plot_split_metrics(frame, spec, path, labels=labels, provenance=source):
+            written.append((path, source))
     several = cells[(cells.n_seeds > 1) & (cells.decoding == "greedy")]
     seed_runs = sorted({path for runs in several.run for path in str(runs).split(";")})
     source = "evaluation runs " + ", ".join(seed_runs)

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hallbench.eval.benchmark import Metric, SampleTable, point
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
 """Family-wise level of the tables' significance marks (after Holm)."""
@@ -62,62 +64,6 @@ MIN_PERMUTATIONS = 9999
 hundreds of cells (1,000 permutations would cap a table at 50 tested cells)."""
 # Resamples per block: bounds the count matrix at block x n integers (250 x 3,000 POPE questions = 6 MB).
 _BLOCK = 250
-
-
-@dataclass(frozen=True)
-class RatioMetric:
-    """``scale * sum(num) / sum(den)``; ``empty`` is the value when ``sum(den) == 0``."""
-
-    num: str
-    den: str
-    scale: float = 100.0
-    empty: float = float("nan")
-    """POPE's guards give 0.0 for an empty denominator; CHAIR and VQA leave the metric undefined (NaN)."""
-
-
-@dataclass
-class SampleTable:
-    """Per-sample components of one run on one bench and split, one row per sample id."""
-
-    ids: list[str]
-    components: dict[str, np.ndarray]
-    groups: list[str] | None = None
-    """The resampling unit of each row (its image); ``None``: every sample is its own unit."""
-
-    def __post_init__(self) -> None:
-        # Invariant: every component has one entry per id, and ids are unique (pairing relies on it).
-        if len(set(self.ids)) != len(self.ids):
-            raise ValueError("sample ids must be unique within a run and split")
-        for name, values in self.components.items():
-            if values.shape != (len(self.ids),):
-                raise ValueError(f"component {name!r} has shape {values.shape}, expected ({len(self.ids)},)")
-        if self.groups is not None and len(self.groups) != len(self.ids):
-            raise ValueError(f"{len(self.groups)} groups for {len(self.ids)} samples")
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-    @property
-    def n_groups(self) -> int:
-        return len(set(self.groups)) if self.groups is not None else self.n
-
-    def subset(self, ids: list[str]) -> SampleTable:
-        """The rows of ``ids`` in that order (each must be present)."""
-        position = {sid: i for i, sid in enumerate(self.ids)}
-        rows = np.fromiter((position[sid] for sid in ids), dtype=np.int64, count=len(ids))
-        groups = [self.groups[i] for i in rows] if self.groups is not None else None
-        return SampleTable(list(ids), {name: values[rows] for name, values in self.components.items()}, groups)
-
-    def group_sums(self, names: list[str]) -> np.ndarray:
-        """``G x len(names)``: each component summed over the rows of each group (groups in first-seen order)."""
-        matrix = np.stack([self.components[c].astype(np.float64) for c in names], axis=1) if names else np.zeros((self.n, 0))
-        if self.groups is None:
-            return matrix
-        index = {g: i for i, g in enumerate(dict.fromkeys(self.groups))}
-        sums = np.zeros((len(index), matrix.shape[1]))
-        np.add.at(sums, np.fromiter((index[g] for g in self.groups), dtype=np.int64, count=self.n), matrix)
-        return sums
 
 
 @dataclass(frozen=True)
@@ -152,25 +98,19 @@ def stable_seed(seed: int, key: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), zlib.crc32(key.encode("utf-8"))])
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, metric: RatioMetric) -> np.ndarray:
+def _ratio(num: np.ndarray, den: np.ndarray, metric: Metric) -> np.ndarray:
+    # Vectorised :func:`hallbench.eval.benchmark.ratio` in displayed units (NaN where undefined).
     with np.errstate(divide="ignore", invalid="ignore"):
         values = metric.scale * num / den
-    return np.where(den == 0, metric.empty, values)
+    return np.where(den == 0, np.nan if metric.empty is None else metric.scale * metric.empty, values)
 
 
-def point(table: SampleTable, metric: RatioMetric) -> float:
-    """The metric on the full sample (what the benchmark's aggregate reports)."""
-    num = np.array([table.components[metric.num].sum()])
-    den = np.array([table.components[metric.den].sum()])
-    return float(_ratio(num, den, metric)[0])
-
-
-def _resampled(tables: list[SampleTable], metrics: dict[str, RatioMetric], n_resamples: int, rng: np.random.Generator) -> list[dict]:
+def _resampled(tables: list[SampleTable], metrics: dict[str, Metric], n_resamples: int, rng: np.random.Generator) -> list[dict]:
     """For each table, ``{metric: array of n_resamples values}``; all tables share the same draws (paired).
 
     The draws are of groups (images): tables resampled together have the same rows and groups.
     """
-    names = sorted({c for m in metrics.values() for c in (m.num, m.den)})
+    names = _fields(metrics)
     matrices = [t.group_sums(names) for t in tables]  # G x k each
     n = matrices[0].shape[0]
     sums = [np.empty((n_resamples, len(names))) for _ in tables]
@@ -183,15 +123,25 @@ def _resampled(tables: list[SampleTable], metrics: dict[str, RatioMetric], n_res
             total[done : done + block] = counts @ matrix
         done += block
     column = {c: i for i, c in enumerate(names)}
-    return [{name: _ratio(total[:, column[m.num]], total[:, column[m.den]], m) for name, m in metrics.items()} for total in sums]
+    return [{name: _value(total, column, m) for name, m in metrics.items()} for total in sums]
+
+
+def _fields(metrics: dict[str, Metric]) -> list[str]:
+    return sorted({c for m in metrics.values() for c in m.fields()})
+
+
+def _value(totals: np.ndarray, column: dict[str, int], metric: Metric) -> np.ndarray:
+    """The metric of each row of ``totals`` (summed components, columns named by ``column``), displayed units."""
+    if metric.sum_of:
+        return np.sum([_value(totals, column, part) for part in metric.sum_of], axis=0)
+    return _ratio(totals[:, column[metric.num]], totals[:, column[metric.den]], metric)
 
 
 def _permutation_p(
-    variant: np.ndarray, base: np.ndarray, num: int, den: int, metric: RatioMetric, n_resamples: int, rng: np.random.Generator
+    variant: np.ndarray, base: np.ndarray, column: dict[str, int], metric: Metric, n_resamples: int, rng: np.random.Generator
 ) -> float | None:
     """Two-sided p-value of the paired permutation test: per group, the two runs swapped with probability 1/2."""
-    total_v, total_b = variant.sum(0), base.sum(0)
-    observed = _ratio(total_v[None, num], total_v[None, den], metric)[0] - _ratio(total_b[None, num], total_b[None, den], metric)[0]
+    observed = _value(variant.sum(0)[None, :], column, metric)[0] - _value(base.sum(0)[None, :], column, metric)[0]
     if np.isnan(observed):
         return None
     extreme, done = 0, 0
@@ -201,17 +151,19 @@ def _permutation_p(
         keep = 1.0 - swap
         v = keep @ variant + swap @ base
         b = swap @ variant + keep @ base
-        d = _ratio(v[:, num], v[:, den], metric) - _ratio(b[:, num], b[:, den], metric)
+        d = _value(v, column, metric) - _value(b, column, metric)
         # A tolerance so that a permutation equal to the observed difference counts as extreme (ties).
         extreme += int(np.sum(np.abs(np.nan_to_num(d, nan=0.0)) >= abs(observed) - 1e-9))
         done += block
     return (1 + extreme) / (1 + n_resamples)
 
 
-def _mcnemar_p(variant: SampleTable, base: SampleTable, metric: RatioMetric) -> float | None:
+def _mcnemar_p(variant: SampleTable, base: SampleTable, metric: Metric) -> float | None:
     """Exact McNemar test when the metric is a share of 0/1 outcomes over every sample; else ``None``."""
     from scipy.stats import binomtest
 
+    if metric.sum_of:
+        return None
     v, b = variant.components[metric.num], base.components[metric.num]
     binary = np.isin(v, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()
     if not binary or not (variant.components[metric.den] == 1).all() or not (base.components[metric.den] == 1).all():
@@ -259,7 +211,7 @@ def stack_tables(tables: dict[str, SampleTable]) -> SampleTable:
 
 
 def bootstrap_ci_of_mean(
-    tables: list[SampleTable], metrics: dict[str, RatioMetric], *, n_resamples: int, seed: np.random.SeedSequence
+    tables: list[SampleTable], metrics: dict[str, Metric], *, n_resamples: int, seed: np.random.SeedSequence
 ) -> dict[str, Interval]:
     """95% interval of the mean over ``tables`` (several seeds' runs on the same samples), resampling
     the samples they share with the same draws for every table."""
@@ -273,9 +225,7 @@ def bootstrap_ci_of_mean(
     return {name: _interval(np.mean([d[name] for d in draws], axis=0)) for name in metrics}
 
 
-def bootstrap_ci(
-    table: SampleTable, metrics: dict[str, RatioMetric], *, n_resamples: int, seed: np.random.SeedSequence
-) -> dict[str, Interval]:
+def bootstrap_ci(table: SampleTable, metrics: dict[str, Metric], *, n_resamples: int, seed: np.random.SeedSequence) -> dict[str, Interval]:
     """95% percentile interval of each metric over ``n_resamples`` resamples of the table's samples."""
     if table.n == 0 or n_resamples < 1:
         return {name: Interval(None, None) for name in metrics}
@@ -284,7 +234,7 @@ def bootstrap_ci(
 
 
 def paired_test(
-    variant: SampleTable, base: SampleTable, metrics: dict[str, RatioMetric], *, n_resamples: int, seed: np.random.SeedSequence
+    variant: SampleTable, base: SampleTable, metrics: dict[str, Metric], *, n_resamples: int, seed: np.random.SeedSequence
 ) -> dict[str, PairedResult]:
     """``variant - base`` over the sample ids the two tables share: its cluster-bootstrap interval,
     the image-level paired permutation p-value and, where it applies, the exact McNemar p-value."""
@@ -296,7 +246,7 @@ def paired_test(
     b = SampleTable(b.ids, b.components, v.groups)  # one grouping for both (the same questions)
     boot_rng, perm_rng = (np.random.default_rng(s) for s in seed.spawn(2))
     draws_v, draws_b = _resampled([v, b], metrics, n_resamples, boot_rng)
-    names = sorted({c for m in metrics.values() for c in (m.num, m.den)})
+    names = _fields(metrics)
     column = {c: i for i, c in enumerate(names)}
     groups_v, groups_b = v.group_sums(names), b.group_sums(names)
     results = {}
@@ -304,7 +254,7 @@ def paired_test(
         observed = point(v, metric) - point(b, metric)
         delta = draws_v[name] - draws_b[name]
         interval = _interval(delta[~np.isnan(delta)])
-        p_value = _permutation_p(groups_v, groups_b, column[metric.num], column[metric.den], metric, n_permutations(n_resamples), perm_rng)
+        p_value = _permutation_p(groups_v, groups_b, column, metric, n_permutations(n_resamples), perm_rng)
         results[name] = PairedResult(
             None if np.isnan(observed) else observed,
             interval.low,

@@ -38,14 +38,12 @@ import numpy as np
 import pandas as pd
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import ALL, BENCHMARKS, BenchmarkSpec, Metric, SampleTable, get_spec, point, sample_table
 from hallbench.eval.engine import DECODINGS as ENGINE_DECODINGS
 from hallbench.report.bootstrap import (
-    RatioMetric,
-    SampleTable,
     bootstrap_ci,
     bootstrap_ci_of_mean,
     paired_test,
-    point,
     stable_seed,
     stack_tables,
 )
@@ -54,40 +52,8 @@ from hallbench.runfolder import SCORES_FOLDER, read_appended_jsonl, recorded_pat
 PRETRAINED = "pretrained"
 """Variant key of an evaluation whose model is not a hallbench training run."""
 PAPER_TABLES = ("table2", "ablation_injection", "ablation_loss")
-POPE_SPLITS = ("random", "popular", "adversarial")
-ALL = "all"
-"""The split of benches that have none (CHAIR, VQA)."""
 DECODINGS = ENGINE_DECODINGS
 """Greedy, Sampling, Beam: the decodings in the order the engine declares them (rows of the decoding table)."""
-
-# bench -> metric -> how to recompute it from per-sample components (see bootstrap.py).
-METRICS: dict[str, dict[str, RatioMetric]] = {
-    "pope": {
-        "accuracy": RatioMetric("correct", "one", empty=0.0),
-        "precision": RatioMetric("tp", "answered_yes", empty=0.0),
-        "recall": RatioMetric("tp", "label_yes", empty=0.0),
-        # F1 = 2PR / (P + R) = 2 tp / (answered yes + labelled yes); 0.0 when both are 0, like pope_metrics.
-        "f1": RatioMetric("tp2", "yes_total", empty=0.0),
-        "yes_ratio": RatioMetric("answered_yes", "one", empty=0.0),
-        "unknown_rate": RatioMetric("unknown", "one", empty=0.0),
-    },
-    "chair": {
-        "chair_s": RatioMetric("hallucinated_caption", "one"),
-        "chair_i": RatioMetric("hallucinated_mentions", "mentions"),
-        "recall": RatioMetric("recalled", "ground_truth"),
-        "len": RatioMetric("words", "one", scale=1.0),
-    },
-    "vqa": {
-        "closed_accuracy": RatioMetric("correct", "judged"),
-        "open_bertscore_f1": RatioMetric("f1", "open_scored"),
-    },
-}
-# Used when a summary has no metrics_info (the eval stage writes it; older runs may not).
-HIGHER_IS_BETTER: dict[str, dict[str, bool | None]] = {
-    "pope": {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None, "unknown_rate": False},
-    "chair": {"chair_s": False, "chair_i": False, "recall": True, "len": None},
-    "vqa": {"closed_accuracy": True, "open_bertscore_f1": True},
-}
 # Summary values equal to the recomputed ones within this tolerance (in displayed units: % or words).
 _TOLERANCE = 1e-6
 
@@ -305,8 +271,10 @@ def _add_eval(found: RunSet, folder: Path, names: set[str]) -> None:
             Skipped(
                 folder,
                 f"the evaluated model ({run.model_ref}) is not a hallbench training run (config.json has no backend.training_run): "
-                + {"pope": "shown in the pope_detail table only", "chair": "shown in the decoding table only"}.get(
-                    bench, "in results.csv only (no table shows it)"
+                + (
+                    f"shown in the {detail.name} table only"
+                    if (detail := get_spec(bench).detail)
+                    else "in results.csv only (no table shows it)"
                 ),
             )
         )
@@ -364,27 +332,13 @@ def _training_seed(training: dict, eval_folder: Path) -> int | None:
 
 def _summary_problem(bench: object, summary: object) -> str | None:
     """Why a summary cannot be used, or None."""
-    if bench not in METRICS:
-        return f"config.json names an unknown bench {bench!r} (expected one of {', '.join(METRICS)})"
-    if not isinstance(summary, dict):
-        return "summary.json is not a JSON object"
-    if bench == "pope":
-        splits = summary.get("splits")
-        if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
-            return "summary.json has no 'splits' object (expected POPE metrics per split)"
-        for split, values in splits.items():
-            missing = [m for m in METRICS["pope"] if not isinstance(values.get(m), int | float)]
-            if missing:
-                return f"summary.json: splits.{split} lacks {', '.join(missing)}"
-    elif not isinstance(summary.get("metrics"), dict):
-        return f"summary.json has no 'metrics' object (expected the {bench} metrics)"
-    return None
+    if bench not in BENCHMARKS:
+        return f"config.json names an unknown bench {bench!r} (expected one of {', '.join(BENCHMARKS)})"
+    return get_spec(str(bench)).summary_problem(summary)
 
 
 def _splits(bench: str, summary: dict) -> list[str]:
-    if bench == "pope":
-        return [s for s, values in summary["splits"].items() if values.get("n", 1) > 0]
-    return [ALL]
+    return get_spec(bench).summary_splits(summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,109 +423,31 @@ def _age(run: EvalRun) -> tuple[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-sample components
+# What a run's summary says (every benchmark through its spec: hallbench/eval/benchmark.py)
 
 
-def _scored(records: list[dict]) -> list[dict]:
-    # The benches leave records with an error out of every metric; so does the bootstrap.
-    return [r for r in records if r.get("error") in (None, "", False)]
+def spec_of(run: EvalRun) -> BenchmarkSpec:
+    return get_spec(run.bench)
 
 
-def _pope_table(records: list[dict], split: str) -> SampleTable:
-    rows = [r for r in _scored(records) if str(r.get("split")) == split]
-    label_yes = np.array([r["label"] == "yes" for r in rows], dtype=np.float64)
-    answered_yes = np.array([r["parsed"] == "yes" for r in rows], dtype=np.float64)
-    correct = np.array([r["parsed"] == r["label"] for r in rows], dtype=np.float64)
-    tp = label_yes * answered_yes
-    return SampleTable(
-        [f"{split}/{r['question_id']}" for r in rows],
-        groups=[_image_of(r) for r in rows],
-        components={
-            "one": np.ones(len(rows)),
-            "correct": correct,
-            "tp": tp,
-            "tp2": 2 * tp,
-            "answered_yes": answered_yes,
-            "label_yes": label_yes,
-            "yes_total": answered_yes + label_yes,
-            "unknown": np.array([r["parsed"] == "unknown" for r in rows], dtype=np.float64),
-        },
-    )
-
-
-def _image_of(record: dict) -> str:
-    # The resampling unit of a question: its image (records name their image files), else the question itself.
-    images = record.get("images")
-    return "|".join(map(str, images)) if images else f"id:{record.get('id')}"
-
-
-def _chair_table(records: list[dict]) -> SampleTable:
-    rows = _scored(records)
-    return SampleTable(
-        [str(r.get("image_id", r.get("id"))) for r in rows],
-        {
-            "one": np.ones(len(rows)),
-            "hallucinated_caption": np.array([1.0 if r["hallucinated"] else 0.0 for r in rows]),
-            "hallucinated_mentions": np.array([len(r["hallucinated"]) for r in rows], dtype=np.float64),
-            "mentions": np.array([len(r["mentioned"]) for r in rows], dtype=np.float64),
-            "recalled": np.array([len(r["recalled_objects"]) for r in rows], dtype=np.float64),
-            "ground_truth": np.array([len(r["ground_truth"]) for r in rows], dtype=np.float64),
-            "words": np.array([r["n_words"] for r in rows], dtype=np.float64),
-        },
-    )
-
-
-def _vqa_table(records: list[dict], require_marker: bool) -> SampleTable:
-    rows = _scored(records)
-    closed = [r.get("answer_type") == "CLOSED" for r in rows]
-    opened = [r.get("answer_type") == "OPEN" for r in rows]
-    # As VqaBenchmark.aggregate: closed accuracy over judged questions (a judge error is not counted);
-    # open F1 over scored answers, or over every open answer (unscored = 0) with --require-marker.
-    judged = [c and r.get("correct") is not None for c, r in zip(closed, rows, strict=True)]
-    scored_open = [o and "bertscore" in r for o, r in zip(opened, rows, strict=True)]
-    return SampleTable(
-        [str(r["id"]) for r in rows],
-        groups=[_image_of(r) for r in rows],
-        components={
-            "correct": np.array([1.0 if j and r["correct"] else 0.0 for j, r in zip(judged, rows, strict=True)]),
-            "judged": np.array(judged, dtype=np.float64),
-            "f1": np.array([r["bertscore"]["f1"] if s else 0.0 for s, r in zip(scored_open, rows, strict=True)]),
-            "open_scored": np.array(opened if require_marker else scored_open, dtype=np.float64),
-        },
-    )
-
-
-def sample_table(run: EvalRun, records: list[dict], split: str) -> SampleTable:
-    """The per-sample components of ``run`` on ``split``, from its predictions.jsonl records."""
-    if run.bench == "pope":
-        return _pope_table(records, split)
-    if run.bench == "chair":
-        return _chair_table(records)
-    return _vqa_table(records, bool(run.summary.get("require_marker")))
+def metrics_of(bench: str) -> dict[str, Metric]:
+    return {m.name: m for m in get_spec(bench).metrics}
 
 
 def summary_value(run: EvalRun, split: str, metric: str) -> float | None:
     """The metric as the run's summary.json reports it, in displayed units (percent; Len in words)."""
-    values = run.summary["splits"][split] if run.bench == "pope" else run.summary["metrics"]
-    value = values.get(metric)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    return float(value) * METRICS[run.bench][metric].scale
+    return spec_of(run).summary_value(run.summary, split, metric)
 
 
 def higher_is_better(run: EvalRun, metric: str) -> bool | None:
     info = run.summary.get("metrics_info")
     if isinstance(info, dict) and isinstance(info.get(metric), dict) and "higher_is_better" in info[metric]:
         return info[metric]["higher_is_better"]
-    return HIGHER_IS_BETTER[run.bench][metric]
+    return spec_of(run).metric(metric).higher_is_better  # an older run without metrics_info
 
 
 def summary_n(run: EvalRun, split: str) -> int | None:
-    if run.bench == "pope":
-        return run.summary["splits"][split].get("n")
-    if run.bench == "chair":
-        return run.summary["metrics"].get("n")
-    return run.summary.get("n_samples")
+    return spec_of(run).summary_n(run.summary, split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,12 +509,12 @@ def build_frame(
             table = None
             if recs is not None:
                 try:
-                    table = sample_table(run, recs, split)
+                    table = sample_table(spec_of(run), recs, split, run.summary)
                 except (KeyError, TypeError, ValueError) as err:
                     warnings.append(Skipped(run.path, f"predictions.jsonl lacks a per-sample field ({err!r}): no confidence intervals"))
                 if table is not None:
-                    for metric, spec in METRICS[run.bench].items():
-                        shown, recomputed = summary_value(run, split, metric), point(table, spec)
+                    for metric, declared in metrics_of(run.bench).items():
+                        shown, recomputed = summary_value(run, split, metric), point(table, declared)
                         same = (shown is None and np.isnan(recomputed)) or (shown is not None and abs(shown - recomputed) <= _TOLERANCE)
                         if not same:
                             warnings.append(
@@ -653,7 +529,7 @@ def build_frame(
             tables[(id(run), split)] = table
         return tables[(id(run), split)]
 
-    def paired(pairs: list[tuple[EvalRun, EvalRun]], split: str, metrics: dict[str, RatioMetric], name: str) -> dict:
+    def paired(pairs: list[tuple[EvalRun, EvalRun]], split: str, metrics: dict[str, Metric], name: str) -> dict:
         sides = [(table_of(v, split), table_of(b, split)) for v, b in pairs]
         if not pairs or any(v is None or b is None for v, b in sides):
             return {}
@@ -669,7 +545,7 @@ def build_frame(
 
     def add_cell(key: CellKey, runs: list[EvalRun], base_runs: list[EvalRun] | None, scoring: str) -> None:
         model, variant, bench, split, decoding = key
-        metrics = METRICS[bench]
+        metrics = metrics_of(bench)
         pairs = seed_pairs(runs, base_runs if variant != "base" else None)  # per seed
         cell_pairs = pairs
         if base_runs and variant != "base" and len(pairs) < len(runs):
@@ -818,7 +694,14 @@ def _dedupe(items: list[Skipped]) -> list[Skipped]:
 
 def _cell_order(key: CellKey) -> tuple:
     model, variant, bench, split, decoding = key
-    return (model, variant_rank(variant), variant, bench, split_rank(split), DECODINGS.index(decoding) if decoding in DECODINGS else 9)
+    return (
+        model,
+        variant_rank(variant),
+        variant,
+        bench,
+        split_rank(bench, split),
+        DECODINGS.index(decoding) if decoding in DECODINGS else 9,
+    )
 
 
 def variant_rank(variant: str) -> int:
@@ -829,8 +712,10 @@ def variant_rank(variant: str) -> int:
     return order.index(variant) if variant in order else len(order)
 
 
-def split_rank(split: str) -> int:
-    return POPE_SPLITS.index(split) if split in POPE_SPLITS else len(POPE_SPLITS)
+def split_rank(bench: str, split: str) -> int:
+    """Position of a split in its benchmark's declared order; others (a file named otherwise) after them."""
+    splits = get_spec(bench).splits if bench in BENCHMARKS else ()
+    return splits.index(split) if split in splits else len(splits)
 
 
 def most_common(values: list[Any]) -> Any:

@@ -1,5 +1,6 @@
 """Plots (matplotlib, Agg backend, PNG): training curves per run (and of the pretraining a run started
-from, when that is a hallbench run too), POPE F1 and yes ratio per variant, per-seed values.
+from, when that is a hallbench run too), each benchmark's ``plot_metrics`` per variant (POPE: F1 and
+yes ratio), per-seed values.
 
 Each PNG carries its provenance in its metadata (``Description``: the runs it was drawn from), and
 ``index.md`` lists the same under the image.
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from hallbench.report.collect import POPE_SPLITS, variant_rank
+from hallbench.eval.benchmark import BenchmarkSpec, all_specs
+from hallbench.report.collect import variant_rank
 from hallbench.runfolder import atomic_path
 
 LOSSES = (("ce", "CE"), ("l_orth", "L_orth"), ("l_ctr", "L_ctr"))
@@ -81,33 +83,37 @@ def zoomed_limits(
     return max(floor, low - margin), min(ceiling, high + margin)
 
 
-def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
-    """POPE F1 and yes ratio per variant (points per split with their 95% CI or, over several seeds,
-    ± the standard deviation across seeds), one row of panels per model, the value axis zoomed to the
-    data. Greedy decoding only, as in the paper's tables. Returns False (no file) when there is no POPE number.
+def plot_split_metrics(frame: pd.DataFrame, spec: BenchmarkSpec, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
+    """The benchmark's ``plot_metrics`` (POPE: F1 and yes ratio) per variant: points per split with their
+    95% CI or, over several seeds, ± the standard deviation across seeds, one row of panels per model,
+    the value axis zoomed to the data. Greedy decoding only, as in the paper's tables. Returns False
+    (no file) when there is no number to draw.
     """
+    metrics = [spec.metric(name) for name in spec.plot_metrics]
     data = own_cells(frame)
-    data = data[(data.bench == "pope") & (data.decoding == "greedy") & data.metric.isin(["f1", "yes_ratio"])]
-    if data.empty:
+    data = data[(data.bench == spec.name) & (data.decoding == "greedy") & data.metric.isin([m.name for m in metrics])]
+    if data.empty or not metrics:
         return False
     plt = _pyplot()
     models = sorted(data.model.unique())
-    fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False, constrained_layout=True)
+    splits = spec.split_names
+    fig, axes = plt.subplots(len(models), len(metrics), figsize=(6 * len(metrics), 3.6 * len(models)), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
     for row, model in zip(axes, models, strict=True):
         subset = data[data.model == model]
         variants = sorted(subset.variant.unique(), key=lambda v: (variant_rank(v), v))
-        offset = 0.6 / len(POPE_SPLITS)
-        for ax, metric, name in ((row[0], "f1", "F1 (%)"), (row[1], "yes_ratio", "Yes ratio (%)")):
+        offset = 0.6 / len(splits)
+        for ax, metric in zip(row, metrics, strict=True):
             lows, highs = [], []
-            for k, split in enumerate(POPE_SPLITS):
+            for k, split in enumerate(splits):
                 xs, values, errors = [], [], [[], []]
                 for i, variant in enumerate(variants):
-                    hit = subset[(subset.variant == variant) & (subset.split == split) & (subset.metric == metric)]
+                    hit = subset[(subset.variant == variant) & (subset.split == split) & (subset.metric == metric.name)]
                     if hit.empty or pd.isna(hit.value.iloc[0]):
                         continue
                     entry = hit.iloc[0]
                     low, high = _error_bounds(entry)
-                    xs.append(i + (k - 1) * offset)
+                    xs.append(i + (k - (len(splits) - 1) / 2) * offset)
                     values.append(entry.value)
                     errors[0].append(entry.value - low)
                     errors[1].append(high - entry.value)
@@ -115,19 +121,20 @@ def plot_pope(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provena
                     highs.append(high)
                 if xs:
                     ax.errorbar(xs, values, yerr=errors, fmt="o", capsize=3, label=split, color=f"C{k}")
-            reference = (50.0,) if metric == "yes_ratio" else ()
-            if metric == "yes_ratio":
-                ax.axhline(50, color="0.3", linestyle="--", linewidth=1, label="50% (POPE labels)")
+            reference = () if metric.reference is None else (metric.reference,)
+            if metric.reference is not None:
+                ax.axhline(metric.reference, color="0.3", linestyle="--", linewidth=1, label=metric.reference_label)
             if lows:
                 ax.set_ylim(*zoomed_limits(lows, highs, also=reference))
             ax.set_xticks(range(len(variants)), [labels.get(v, v) for v in variants], rotation=20, ha="right")
             ax.set_xlim(-0.6, len(variants) - 0.4)
-            ax.set_ylabel(name)
-            ax.set_title(f"{model}: POPE {name.split(' (')[0]}")
+            ax.set_ylabel(f"{metric.header} ({metric.unit})")
+            ax.set_title(f"{model}: {spec.title} {metric.header}")
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=8, loc="best", ncol=2, frameon=True, framealpha=0.8)
+    title = f"{spec.title} {' and '.join(m.header for m in metrics)} per variant"
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": "POPE F1 and yes ratio per variant", "Description": provenance})
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": title, "Description": provenance})
     plt.close(fig)
     return True
 
@@ -148,12 +155,13 @@ def _error_bounds(entry: object) -> tuple[float, float]:
     return (value if pd.isna(low) else min(value, float(low))), (value if pd.isna(high) else max(value, float(high)))
 
 
-SEED_METRICS = (
-    ("pope", "random", "accuracy", "POPE random Acc"),
-    ("pope", "adversarial", "accuracy", "POPE adversarial Acc"),
-    ("chair", "all", "chair_s", "CHAIRs"),
-    ("chair", "all", "chair_i", "CHAIRi"),
-)
+def headline_metrics() -> list[tuple[str, str, str, str]]:
+    """``(bench, split, metric, name)`` of every benchmark's ``headline`` values (the per-seed plot's panels)."""
+    return [
+        (spec.name, split, name, f"{spec.title} {split} {spec.metric(name).header}" if spec.splits else spec.metric(name).header)
+        for spec in all_specs()
+        for split, name in spec.headline
+    ]
 
 
 def plot_seeds(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], provenance: str) -> bool:
@@ -166,7 +174,9 @@ def plot_seeds(frame: pd.DataFrame, out: Path, *, labels: dict[str, str], proven
     plt = _pyplot()
     models = sorted(several.model.unique())
     # Only the metrics some several-seed cell has: no empty panel.
-    shown = [m for m in SEED_METRICS if not several[(several.bench == m[0]) & (several.split == m[1]) & (several.metric == m[2])].empty]
+    shown = [
+        m for m in headline_metrics() if not several[(several.bench == m[0]) & (several.split == m[1]) & (several.metric == m[2])].empty
+    ]
     if not shown:
         return False
     fig, axes = plt.subplots(len(models), len(shown), figsize=(4 * len(shown), 3.4 * len(models)), squeeze=False,

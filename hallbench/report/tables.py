@@ -25,12 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from hallbench.eval.benchmark import ALL, BenchmarkSpec, all_specs, get_spec
 from hallbench.report.bootstrap import ALPHA, holm, n_permutations
 from hallbench.report.collect import (
-    ALL,
     DECODINGS,
-    HIGHER_IS_BETTER,
-    POPE_SPLITS,
     PRETRAINED,
     RunSet,
     most_common,
@@ -44,7 +42,6 @@ MISSING_TEX = "--"
 UNDEFINED = "n/a"
 MARK = "†"
 DECODING_NAMES = {"sample": "Sampling", "greedy": "Greedy", "beam": "Beam"}
-BENCH_NAMES = {"pope": "POPE", "chair": "CHAIR", "vqa": "VQA"}
 PAPER_DECODING = "greedy"
 """Table 2 and the ablations use greedy decoding; other decodings appear in ``decoding`` and ``pope_detail``."""
 
@@ -127,32 +124,17 @@ class Table:
 # Building
 
 
-def _pope_columns(metrics: tuple[tuple[str, str], ...]) -> list[Column]:
-    return [Column("pope", split, metric, f"POPE {split}", label) for split in POPE_SPLITS for metric, label in metrics]
-
-
-CHAIR_COLUMNS = [Column("chair", ALL, "chair_s", "CHAIR", "CHAIRs"), Column("chair", ALL, "chair_i", "CHAIR", "CHAIRi")]
-VQA_COLUMNS = [
-    Column("vqa", ALL, "closed_accuracy", "VQA", "Closed Acc"),
-    Column("vqa", ALL, "open_bertscore_f1", "VQA", "Open BERTScore-F1"),
-]
-DECODING_COLUMNS = [
-    Column("chair", ALL, "chair_s", "CHAIR", "CHAIRs"),
-    Column("chair", ALL, "chair_i", "CHAIR", "CHAIRi"),
-    Column("chair", ALL, "recall", "CHAIR", "Recall"),
-    Column("chair", ALL, "len", "CHAIR", "Len"),
-]
-POPE_DETAIL_COLUMNS = [
-    Column("pope", "", metric, "POPE", label)
-    for metric, label in (
-        ("accuracy", "Accuracy"),
-        ("precision", "Precision"),
-        ("recall", "Recall"),
-        ("f1", "F1"),
-        ("yes_ratio", "Yes Ratio"),
-        ("unknown_rate", "Unknown"),
-    )
-]
+def spec_columns(
+    spec: BenchmarkSpec, metrics: tuple[str, ...], *, scoring: str = "", splits: tuple[str, ...] | None = None
+) -> list[Column]:
+    """One column per split (of ``splits``, default every split) and metric, headed ``POPE random`` / ``Acc``
+    (under a re-scoring, the scoring's label instead of the benchmark's title)."""
+    title = scoring_label(scoring) if scoring else spec.title
+    return [
+        Column(spec.name, split, name, f"{title} {split}" if spec.splits else title, spec.metric(name).header, scoring)
+        for split in (splits if splits is not None else spec.split_names)
+        for name in metrics
+    ]
 
 
 class Builder:
@@ -204,40 +186,49 @@ class Builder:
         return any(r.bench == bench and (table is None or r.table == table) for runs in self.cells.values() for r in runs)
 
     def paper_table(self, name: str, title: str, variants: tuple[str, ...]) -> Table:
-        columns = _pope_columns((("accuracy", "Acc"), ("f1", "F1"))) + CHAIR_COLUMNS
-        if self._has("vqa", name):  # "where present": VQA columns only once some run of this table has VQA numbers
-            columns += VQA_COLUMNS
+        columns = [
+            column
+            for spec in all_specs()
+            if spec.paper_always or self._has(spec.name, name)  # else "where present": once some run of the table has numbers
+            for column in spec_columns(spec, spec.paper_metrics)
+        ]
         rows = [Row((model, self.label(v)), model, v, PAPER_DECODING) for model in self._models(name) for v in variants]
         return self._fill(Table(name, title, ["Model", "Variant"], 1, columns, rows))
 
-    def decoding_table(self) -> Table:
-        pairs = sorted({(m, v) for (m, v, b, _s, _d) in self.cells if b == "chair"}, key=lambda p: (p[0], variant_rank(p[1]), p[1]))
-        rows = [Row((m, self.label(v), DECODING_NAMES[d]), m, v, d) for m, v in pairs for d in DECODINGS]
-        return self._fill(Table("decoding", "CHAIR by decoding strategy", ["Model", "Variant", "Decoding"], 2, DECODING_COLUMNS, rows))
+    def detail_table(self, spec: BenchmarkSpec) -> Table:
+        """The benchmark's own table (``spec.detail``): every metric of every run of the benchmark."""
+        assert spec.detail is not None
+        detail, metrics = spec.detail, spec.detail.metrics or tuple(m.name for m in spec.metrics)
+        if detail.rows == "decoding":
+            pairs = sorted({(m, v) for (m, v, b, _s, _d) in self.cells if b == spec.name}, key=lambda p: (p[0], variant_rank(p[1]), p[1]))
+            rows = [Row((m, self.label(v), DECODING_NAMES[d]), m, v, d) for m, v in pairs for d in DECODINGS]
+            table = Table(detail.name, detail.title, ["Model", "Variant", "Decoding"], 2, spec_columns(spec, metrics), rows)
+            return self._fill(table)
+        triples = {(m, v, d) for (m, v, b, _s, d) in self.cells if b == spec.name}
+        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], _decoding_rank(t[2])))
+        rows = [Row((s, m, self.label(v), DECODING_NAMES.get(d, d)), m, v, d, split=s) for s in spec.split_names for m, v, d in order]
+        columns = [Column(spec.name, "", name, spec.title, spec.metric(name).header) for name in metrics]
+        return self._fill(Table(detail.name, detail.title, ["Split", "Model", "Variant", "Decoding"], 2, columns, rows))
 
-    def pope_scorings_table(self) -> Table | None:
-        """POPE under the runs' own scoring beside each re-scoring (RePOPE labels, another parser); None without any."""
-        scorings = sorted({scoring for (key, scoring) in self.rescored if key[2] == "pope"})
+    def scorings_table(self, spec: BenchmarkSpec) -> Table | None:
+        """The paper metrics under the runs' own scoring beside each re-scoring (RePOPE labels, another
+        parser, another synonym table); None when no run of the benchmark was re-scored."""
+        scorings = sorted({scoring for (key, scoring) in self.rescored if key[2] == spec.name})
         if not scorings:
             return None
-        triples = {(k[0], k[1], k[4]) for (k, _s) in self.rescored if k[2] == "pope"}
-        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], DECODINGS.index(t[2]) if t[2] in DECODINGS else 9))
-        splits = [s for s in POPE_SPLITS if any(k[2] == "pope" and k[3] == s for (k, _s) in self.rescored)]
-        columns = [
-            Column("pope", split, metric, f"{'POPE' if not scoring else scoring_label(scoring)} {split}", label, scoring)
-            for scoring in ("", *scorings)
-            for split in splits
-            for metric, label in (("accuracy", "Acc"), ("f1", "F1"))
-        ]
+        triples = {(k[0], k[1], k[4]) for (k, _s) in self.rescored if k[2] == spec.name}
+        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], _decoding_rank(t[2])))
+        splits = tuple(s for s in spec.split_names if any(k[2] == spec.name and k[3] == s for (k, _s) in self.rescored))
+        columns = [c for scoring in ("", *scorings) for c in spec_columns(spec, spec.paper_metrics, scoring=scoring, splits=splits)]
         rows = [Row((m, self.label(v), DECODING_NAMES.get(d, d)), m, v, d) for m, v, d in order]
-        title = "POPE re-scored: the runs' own labels and parser beside each other scoring"
-        table = self._fill(Table("pope_scorings", title, ["Model", "Variant", "Decoding"], 1, columns, rows))
+        title = f"{spec.title} re-scored: the runs' own scoring beside each other scoring"
+        table = self._fill(Table(f"{spec.name}_scorings", title, ["Model", "Variant", "Decoding"], 1, columns, rows))
         for scoring in scorings:
-            table.notes.append(self._scoring_note(scoring))
+            table.notes.append(self._scoring_note(spec, scoring))
         return table
 
-    def _scoring_note(self, scoring: str) -> str:
-        runs = [r for (k, s), rs in self.rescored.items() if s == scoring and k[2] == "pope" for r in rs]
+    def _scoring_note(self, spec: BenchmarkSpec, scoring: str) -> str:
+        runs = [r for (k, s), rs in self.rescored.items() if s == scoring and k[2] == spec.name for r in rs]
         options = runs[0].summary.get("scoring") or {}
         removed = {id(r): r.summary.get("n_removed") for r in runs if isinstance(r.summary.get("n_removed"), int)}
         changed = ", ".join(f"{k} {v}" for k, v in options.items() if v is not None and k in scoring_keys(scoring))
@@ -246,12 +237,6 @@ class Builder:
             low, high = min(removed.values()), max(removed.values())
             text += f"; {low if low == high else f'{low} to {high}'} questions of each run removed by that label set"
         return text + "."
-
-    def pope_detail_table(self) -> Table:
-        triples = {(m, v, d) for (m, v, b, _s, d) in self.cells if b == "pope"}
-        order = sorted(triples, key=lambda t: (t[0], variant_rank(t[1]), t[1], DECODINGS.index(t[2]) if t[2] in DECODINGS else 9))
-        rows = [Row((s, m, self.label(v), DECODING_NAMES.get(d, d)), m, v, d, split=s) for s in POPE_SPLITS for m, v, d in order]
-        return self._fill(Table("pope_detail", "POPE per split", ["Split", "Model", "Variant", "Decoding"], 2, POPE_DETAIL_COLUMNS, rows))
 
     # -- cells ---------------------------------------------------------------------------------
 
@@ -322,7 +307,7 @@ class Builder:
         values = {v for v in rows.higher_is_better if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if len(values) == 1:
             return bool(values.pop())
-        return HIGHER_IS_BETTER[column.bench][column.metric]
+        return get_spec(column.bench).metric(column.metric).higher_is_better
 
     # -- missing cells -------------------------------------------------------------------------
 
@@ -366,20 +351,20 @@ class Builder:
                 f"--data <train.json> --images <image folder> --output-root {shlex.quote(output_root)}"
             )
             model_ref = str(Path(output_root) / f"output_model_{row.model}_{self.label(row.variant)}")
+        spec = get_spec(bench)
         same_bench = [r for r in self.found.evals if r.bench == bench]
-        data = most_common([r.config["eval"].get("data") for r in same_bench]) or f"<{BENCH_NAMES[bench]} data>"
+        data = most_common([r.config["eval"].get("data") for r in same_bench]) or f"<{spec.title} data>"
         images = most_common([r.config["eval"].get("images") for r in same_bench])
-        full = bench == "pope" and set(splits) == set(POPE_SPLITS)
-        for split in [ALL] if (full or bench != "pope") else splits:
+        every_split = not spec.splits or set(splits) == set(spec.splits)  # one command evaluates them all
+        for split in [ALL] if every_split else splits:
             parts = ["hallbench eval", f"--bench {bench}", f"--model {shlex.quote(model_ref)}", f"--data {shlex.quote(str(data))}"]
             if images:
                 parts.append(f"--images {shlex.quote(str(images))}")
-            if bench == "pope" and split != ALL:
+            if split != ALL:
                 parts.append(f"--split {split}")
             if row.decoding != "greedy":
                 parts.append(f"--decoding {row.decoding}")
-            if bench == "vqa":
-                parts.append("--judge-base-url <judge endpoint>")
+            parts += spec.command_flags
             parts += self._scoring_flags(scoring) if scoring else []
             name = "_".join(_slug(p) for p in (row.model, self.label(row.variant), bench, "" if split == ALL else split, row.decoding) if p)
             parts.append(f"--out {shlex.quote(str(root / 'eval' / name))}")
@@ -452,24 +437,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
 
 
+def _decoding_rank(decoding: str) -> int:
+    return DECODINGS.index(decoding) if decoding in DECODINGS else len(DECODINGS)
+
+
 def build_tables(
     frame: pd.DataFrame, found: RunSet, cells: dict, *, n_resamples: int, seed: int, rescored: dict | None = None
 ) -> dict[str, Table]:
-    """All five tables, in the order the index lists them, and ``pope_scorings`` when some POPE run was re-scored."""
+    """The paper's three tables, then each benchmark's detail table (always for a benchmark of the
+    paper's own columns, else when it has runs) and its re-scorings table when some run was re-scored."""
     from hallbench.train.presets import ABLATION_INJECTION, ABLATION_LOSS, TABLE2
 
     builder = Builder(frame, found, cells, n_resamples=n_resamples, seed=seed, rescored=rescored)
-    scorings = builder.pope_scorings_table()
-    return {
+    tables = {
         "table2": builder.paper_table("table2", "Table 2: Base, +M, +M+A and Ours", TABLE2),
         "ablation_injection": builder.paper_table(
             "ablation_injection", "Ablation 4.1: injection position and operator", ABLATION_INJECTION
         ),
         "ablation_loss": builder.paper_table("ablation_loss", "Ablation 4.3: loss components", ABLATION_LOSS),
-        "decoding": builder.decoding_table(),
-        "pope_detail": builder.pope_detail_table(),
-        **({"pope_scorings": scorings} if scorings is not None else {}),
     }
+    for spec in all_specs():
+        if spec.detail is not None and (spec.paper_always or builder._has(spec.name)):
+            tables[spec.detail.name] = builder.detail_table(spec)
+    for spec in all_specs():
+        scorings = builder.scorings_table(spec)
+        if scorings is not None:
+            tables[scorings.name] = scorings
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,12 +496,22 @@ def _mark(cell: Cell, latex: bool) -> str:
 
 
 def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
+    units = dict.fromkeys(
+        f"{c.label}: {get_spec(c.bench).metric(c.metric).unit}" for c in table.columns if get_spec(c.bench).metric(c.metric).unit != "%"
+    )
+    values_in = "Values in %" + (f" ({', '.join(units)})" if units else "") + "."
+    lower = [c.label for c in table.columns if get_spec(c.bench).metric(c.metric).higher_is_better is False]
+    neutral = [c.label for c in table.columns if get_spec(c.bench).metric(c.metric).higher_is_better is None]
+    ranking = "; ".join(
+        part for part in (f"{_and(list(dict.fromkeys(lower)))}: lower is better" if lower else "",
+                          f"{_and(list(dict.fromkeys(neutral)))}: not ranked" if neutral else "") if part
+    )  # fmt: skip
     lines = [
-        f"Values in % (Len: words). ± is half the width of the 95% bootstrap percentile interval, resampling images "
+        f"{values_in} ± is half the width of the 95% bootstrap percentile interval, resampling images "
         f"(all the questions of a drawn image; {n_resamples} resamples, seed {seed}); exact bounds in results.csv.",
         "Bold: best in its column among rows of the same "
-        + ("model and variant" if table.name == "decoding" else "split and model" if table.name == "pope_detail" else "model")
-        + " (CHAIRs, CHAIRi and the unknown rate: lower is better; Yes Ratio and Len: not ranked).",
+        + _and([name.lower() for name in table.index_names[: table.group_levels]])
+        + (f" ({ranking})." if ranking else "."),
         f"{MARK}: differs from Base of the same model (same bench, split and decoding): paired permutation test over images "
         f"({n_permutations(n_resamples)} permutations), p < 0.05 after the Holm correction over the {table.n_tested} cells of this table tested "
         "against Base (ranked metrics only); raw p-values (and exact McNemar for accuracy and CHAIRs) in results.csv.",
@@ -524,7 +528,7 @@ def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
         if any(c.n_seeds == 1 for c in present):
             lines.insert(1, text)
         else:  # every cell is a mean over seeds: no cell shows a bootstrap half-width
-            lines[0] = "Values in % (Len: words). " + text
+            lines[0] = f"{values_in} {text}"
     if table.name in ("table2", "ablation_injection", "ablation_loss"):
         lines.insert(0, "Greedy decoding.")
     if table.name == "ablation_injection":
@@ -534,6 +538,11 @@ def legend(table: Table, *, n_resamples: int, seed: int) -> list[str]:
             "changes the position alone: compare it with All-layer add for the effect of the position."
         )
     return lines + table.notes
+
+
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1] if names else ""
 
 
 def _escape_md(text: str) -> str:
