@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 
 from hallbench.cli import app
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import Metric, SampleTable, point, sample_table
 from hallbench.eval.chair import SPEC as CHAIR_SPEC
 from hallbench.eval.chair import aggregate as chair_aggregate
 from hallbench.eval.pope import SPEC as POPE_SPEC
 from hallbench.eval.pope import aggregate_pope, pope_metrics
 from hallbench.report import run_report
-from hallbench.eval.benchmark import Metric, SampleTable, point, sample_table
 from hallbench.report.bootstrap import bootstrap_ci, paired_test, stable_seed
 from hallbench.train.presets import PRESETS
 
