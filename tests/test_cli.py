@@ -73,7 +73,9 @@ def test_ask_with_a_missing_model_is_one_clear_line(tmp_path, shapes_dir):
     result = runner.invoke(app, ["ask", "--model", str(tmp_path / "nothing"), "--image", str(image)])
     assert result.exit_code == 1
     assert result.output.startswith("error: no model folder at ")
-    assert "is not a registry name (qwen2b, qwen4b, ministral3b, tiny-qwen, tiny-ministral)" in " ".join(result.output.split())
+    assert "is not a registry name (qwen2b, qwen4b, ministral3b, llava7b, tiny-qwen, tiny-ministral, tiny-llava)" in " ".join(
+        result.output.split()
+    )
 
 
 def test_models_lists_the_registry(tmp_path, monkeypatch):
