@@ -637,6 +637,22 @@ def data_pope(
     )
 
 
+@data_app.command("mme")
+def data_mme(
+    instances: Annotated[Path, typer.Option(help="COCO-format instances file (a shapes world's annotations/instances_val.json).")],
+    images: Annotated[Path, typer.Option(help="Folder of the images it describes (copied into each subset folder).")],
+    out: Annotated[Path, typer.Option(help="Folder for existence/, count/, position/, color/ (MME's layout) and mme_build.json.")],
+    seed: Annotated[int, typer.Option(help="Seed of every random choice; same input and seed give byte-identical files.")] = 0,
+) -> None:
+    """Build MME's hallucination subsets (existence, count, position, color: a Yes and a No question per image)."""
+    from hallbench.data.mme_build import build_mme
+
+    with user_errors():
+        manifest = build_mme(instances, images, out, seed=seed)
+    per_subset = ", ".join(f"{subset} {n}" for subset, n in manifest["images_per_subset"].items())
+    console.print(f"wrote MME subsets (images: {per_subset}; two questions each) to [bold]{escape(str(out))}[/]")
+
+
 FORMAT_READERS = {
     "coco-instances": "read_coco_instances",
     "coco-captions": "read_coco_captions",

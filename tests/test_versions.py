@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 
-from hallbench.eval import chair, judge, pope, vqa
+from hallbench.eval import chair, judge, mme, pope, vqa
 
 PINNED = {
     "chair": ("chair-gt-3", "579325378e5d185d"),
     "judge": ("equiv-v2", "ca560a5b0d5763c1"),
     "pope": ("pope-2", "f6cded7def92974e"),
+    "mme": ("mme-1", "606b7fd38ad6b235"),
     "vqa": ("vqa-1", "6ea5a4f6c2321515"),
 }
 
@@ -93,6 +94,7 @@ def fingerprints() -> dict[str, tuple[str, str]]:
                 pope._object_pattern,
             ),
         ),  # fmt: skip
+        "mme": (mme.VERSION, _fingerprint(mme.MME_METRICS, mme._fields, mme.parse_official, mme.parse_mme_answer, pope.PARSER_VERSION)),
         "vqa": (vqa.SPEC.version, _fingerprint(vqa.VQA_METRICS, vqa._fields, vqa.extract_final_answer, vqa._marker_pattern)),
     }
 
@@ -102,7 +104,7 @@ def test_every_scoring_rule_change_comes_with_a_version_bump():
     stale = {name: current[name] for name in PINNED if current[name] != PINNED[name]}
     assert not stale, (
         "a scoring rule changed: for each of these, bump its version (chair.CODE_VERSION, judge.PROMPT_ID, "
-        f"pope.PARSER_VERSION, vqa.SPEC.version) if its output can change, then pin (version, fingerprint): {stale}"
+        f"pope.PARSER_VERSION, mme.VERSION, vqa.SPEC.version) if its output can change, then pin (version, fingerprint): {stale}"
     )
 
 

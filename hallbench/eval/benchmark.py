@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, str] = {
     "pope": "hallbench.eval.pope",
     "chair": "hallbench.eval.chair",
     "vqa": "hallbench.eval.vqa",
+    "mme": "hallbench.eval.mme",
 }
 """Benchmark name -> the module that defines its ``SPEC`` (imported when first needed)."""
 
