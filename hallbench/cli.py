@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import BENCHMARKS
 from hallbench.models.registry import MODEL_REGISTRY
 
 app = typer.Typer(
@@ -295,7 +296,7 @@ _BACKEND = "Model and backend"
 
 @app.command(name="eval")
 def eval_(
-    bench: Annotated[str, typer.Option(rich_help_panel=_RUN, help="Benchmark: pope, chair or vqa.")],
+    bench: Annotated[str, typer.Option(rich_help_panel=_RUN, help=f"Benchmark: {', '.join(BENCHMARKS)}.")],
     out: Annotated[
         Path,
         typer.Option(rich_help_panel=_RUN, help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes."),

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from scripted import ScriptedBackend
 from typer.testing import CliRunner
 
 from hallbench.cli import app
@@ -17,21 +18,6 @@ from hallbench.eval.engine import DecodingConfig
 from hallbench.eval.run import EvalConfig, run_eval
 
 runner = CliRunner()
-
-
-class ScriptedBackend:
-    """A backend that answers from a rule instead of a network: the engine, scoring and files are real."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls = 0
-
-    def describe(self):
-        return {"backend": "scripted", "display_name": "Scripted"}
-
-    def generate(self, samples, images, chunk_seed):
-        self.calls += len(samples)
-        return [self.answer(s) for s in samples]
 
 
 def _oracle(sample):
@@ -221,8 +207,8 @@ def test_pope_data_errors(tmp_path, pope_dir):
         run_eval(
             EvalConfig(bench="pope", data=tmp_path / "random.jsonl", out=tmp_path / "o"), backend=ScriptedBackend(_oracle), progress=False
         )
-    with pytest.raises(HallbenchError, match="unknown --bench 'mme'"):
-        EvalConfig(bench="mme", out=tmp_path)
+    with pytest.raises(HallbenchError, match="unknown --bench 'mmbench'; choose one of pope, chair, vqa, mme"):
+        EvalConfig(bench="mmbench", out=tmp_path)
 
 
 def test_cli_pope_with_the_tiny_model(tmp_path, shapes_dir):

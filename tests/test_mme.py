@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from scripted import ScriptedBackend
 
 from hallbench.data.mme_build import build_mme
 from hallbench.errors import DataFormatError, HallbenchError
@@ -14,19 +15,6 @@ from hallbench.eval.benchmark import get_spec, point, sample_table
 from hallbench.eval.mme import SPEC, SUBSETS, parse_mme_answer, read_mme_subset
 from hallbench.eval.run import EvalConfig, run_eval
 from hallbench.report import run_report
-
-
-class ScriptedBackend:
-    """Answers from a rule instead of a model: the engine, scoring and files are real."""
-
-    def __init__(self, answer):
-        self.answer = answer
-
-    def describe(self):
-        return {"backend": "scripted", "display_name": "Scripted"}
-
-    def generate(self, samples, images, chunk_seed):
-        return [self.answer(s) for s in samples]
 
 
 def _record(subset: str, image: str, k: int, label: str, parsed: str) -> dict:

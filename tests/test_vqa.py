@@ -6,6 +6,7 @@ import json
 import socket
 
 import pytest
+from scripted import ScriptedBackend
 from typer.testing import CliRunner
 
 from hallbench.cli import app
@@ -32,17 +33,6 @@ MARKER = "### The final answer is:"
 )
 def test_extract_final_answer(text, expected):
     assert extract_final_answer(text, MARKER) == expected
-
-
-class ScriptedBackend:
-    def __init__(self, answer):
-        self.answer = answer
-
-    def describe(self):
-        return {"backend": "scripted", "display_name": "Scripted"}
-
-    def generate(self, samples, images, chunk_seed):
-        return [self.answer(s) for s in samples]
 
 
 @pytest.fixture()

@@ -137,7 +137,6 @@ def build_tokenizer(special_tokens: list[str], *, pad: str, eos: str, bos: str |
 
 def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """A random-init ``Qwen3VLForConditionalGeneration`` and its processor."""
-    import torch
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     tokenizer = build_tokenizer(QWEN_SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
@@ -185,16 +184,11 @@ def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, An
         vision_end_token_id=processor.vision_end_token_id,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    _set_generation_ids(model, tokenizer)
-    return model.eval(), processor
+    return _instantiate(Qwen3VLForConditionalGeneration, config, tokenizer, seed), processor
 
 
 def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """A random-init ``Mistral3ForConditionalGeneration`` (Ministral-3 text, Pixtral vision) and its processor."""
-    import torch
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor, PixtralProcessor
 
     tokenizer = build_tokenizer(MISTRAL_SPECIAL_TOKENS, pad="<pad>", eos="</s>", bos="<s>")
@@ -246,17 +240,12 @@ def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[An
         vision_feature_layer=-1,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Mistral3ForConditionalGeneration(config)
-    _set_generation_ids(model, tokenizer)
-    return model.eval(), processor
+    return _instantiate(Mistral3ForConditionalGeneration, config, tokenizer, seed), processor
 
 
 def build_tiny_llava(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, Any]:
     """A random-init ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model) and its
     ``LlavaProcessor`` with a ``CLIPImageProcessor``, laid out as llava-hf/llava-1.5-7b-hf."""
-    import torch
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -306,11 +295,18 @@ def build_tiny_llava(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, A
         projector_hidden_act="gelu",
         tie_word_embeddings=False,
     )
+    return _instantiate(LlavaForConditionalGeneration, config, tokenizer, seed), processor
+
+
+def _instantiate(model_class: Any, config: Any, tokenizer: Any, seed: int) -> Any:
+    """``model_class(config)`` with weights drawn from ``seed`` (the global RNG is left as it was), in eval mode."""
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(config)
     _set_generation_ids(model, tokenizer)
-    return model.eval(), processor
+    return model.eval()
 
 
 def _set_generation_ids(model: Any, tokenizer: Any) -> None:
