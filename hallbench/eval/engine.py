@@ -106,15 +106,11 @@ class Backend(Protocol):
 
 
 def chat_messages(n_images: int, prompt: str, system_prompt: str | None = None) -> list[dict]:
-    """The one user turn of a benchmark sample (images first, then the text), after an optional system turn.
+    """The one user turn of a benchmark sample (images first, then the text), after an optional system
+    turn: :func:`hallbench.models.families.conversation_messages`, which training uses too."""
+    from hallbench.models.families import conversation_messages
 
-    Without ``system_prompt`` the chat template's own default applies (Ministral-3's template
-    inserts its default system prompt; Qwen3-VL's has none).
-    """
-    text = prompt.replace("<image>", "").strip()
-    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
-    messages.append({"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]})
-    return messages
+    return conversation_messages([("user", prompt)], n_images, system_prompt)
 
 
 class HFBackend:

@@ -233,6 +233,26 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def conversation_messages(turns: list[tuple[str, str]], n_images: int, system_prompt: str | None = None) -> list[dict]:
+    """The chat-template messages of a conversation, for training and evaluation alike (one builder,
+    so that a model is asked exactly as it was trained): an optional system turn, then the ``(role,
+    text)`` turns, the ``n_images`` image parts at the start of the first user turn (the images come
+    first in every family's published examples); ``<image>`` markers in the text are dropped.
+
+    Without ``system_prompt`` the chat template's own default applies (Ministral-3's template
+    inserts its default system prompt; Qwen3-VL's and LLaVA's have none).
+    """
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    images_placed = False
+    for role, text in turns:
+        content = [{"type": "text", "text": text.replace("<image>", "").strip()}]
+        if role == "user" and not images_placed:
+            content = [{"type": "image"} for _ in range(n_images)] + content
+            images_placed = True
+        messages.append({"role": role, "content": content})
+    return messages
+
+
 def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]

@@ -24,29 +24,14 @@ import torch
 
 from hallbench.data.formats import Conversation, load_image, read_conversations
 from hallbench.errors import DataFormatError, HallbenchError
-from hallbench.models.families import Family
+from hallbench.models.families import Family, conversation_messages
 
 IGNORE_INDEX = -100
 
 
-def _messages(conversation: Conversation) -> list[dict]:
-    """Chat-template messages; the images go at the start of the first user turn (``<image>`` markers are dropped)."""
-    messages = []
-    images_placed = False
-    for role, text in conversation.turns:
-        clean = text.replace("<image>", "").strip()
-        if role == "user" and not images_placed:
-            content = [{"type": "image"} for _ in conversation.images] + [{"type": "text", "text": clean}]
-            images_placed = True
-        else:
-            content = [{"type": "text", "text": clean}]
-        messages.append({"role": role, "content": content})
-    return messages
-
-
 def _segments(processor: Any, conversation: Conversation) -> list[tuple[str, bool]]:
     """The rendered conversation as ``(text, is_answer)`` pieces whose concatenation is the whole text."""
-    messages = _messages(conversation)
+    messages = conversation_messages(conversation.turns, len(conversation.images))
     if messages[0]["role"] != "user":
         raise DataFormatError(conversation.location, "conversations[0].from", "a first turn from 'human'", repr(messages[0]["role"]))
     full = processor.apply_chat_template(messages, tokenize=False)
