@@ -39,16 +39,21 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(shapes_dir, tiny_models
     assert not (encoded.labels == image_token).any()
 
 
-def test_multi_turn_conversation_labels_every_answer(tmp_path, shapes_dir, tiny_models):
-    _, processor = tiny_models["tiny-qwen"]
-    image = sorted((shapes_dir / "images").glob("*.png"))[0].name
+def _write_two_turns(path, image: str) -> None:
+    """A training file of one conversation with two question-answer turns about ``image``."""
     turns = [
         {"from": "human", "value": "<image>\nIs there a ring in the image?"},
         {"from": "gpt", "value": "Yes."},
         {"from": "human", "value": "What objects are in the image?"},
         {"from": "gpt", "value": "Ring."},
     ]
-    (tmp_path / "train.json").write_text(json.dumps([{"id": "a", "image": image, "conversations": turns}]))
+    path.write_text(json.dumps([{"id": "a", "image": image, "conversations": turns}]))
+
+
+def test_multi_turn_conversation_labels_every_answer(tmp_path, shapes_dir, tiny_models):
+    _, processor = tiny_models["tiny-qwen"]
+    image = sorted((shapes_dir / "images").glob("*.png"))[0].name
+    _write_two_turns(tmp_path / "train.json", image)
     dataset = ConversationDataset(tmp_path / "train.json", shapes_dir / "images", processor, get_family("qwen3_vl"), 512)
     encoded = dataset[0]
     tokens = processor.tokenizer.convert_ids_to_tokens(encoded.labels[encoded.labels != IGNORE_INDEX].tolist())
@@ -175,13 +180,7 @@ def test_an_answer_the_template_leaves_unended_gets_the_eos(tmp_path, shapes_dir
         "{% endfor %}{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
     )
     image = sorted((shapes_dir / "images").glob("*.png"))[0].name
-    turns = [
-        {"from": "human", "value": "<image>\nIs there a ring in the image?"},
-        {"from": "gpt", "value": "Yes."},
-        {"from": "human", "value": "What objects are in the image?"},
-        {"from": "gpt", "value": "Ring."},
-    ]
-    (tmp_path / "train.json").write_text(json.dumps([{"id": "a", "image": image, "conversations": turns}]))
+    _write_two_turns(tmp_path / "train.json", image)
     encoded = ConversationDataset(tmp_path / "train.json", shapes_dir / "images", processor, get_family("qwen3_vl"), 512)[0]
     tokens = processor.tokenizer.convert_ids_to_tokens(encoded.input_ids.tolist())
     labelled = processor.tokenizer.convert_ids_to_tokens(encoded.labels[encoded.labels != IGNORE_INDEX].tolist())

@@ -154,14 +154,7 @@ def build_tiny_qwen(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, An
     mrope_section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
     config = Qwen3VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.hidden_size,
-            "intermediate_size": size.intermediate_size,
-            "num_hidden_layers": size.num_layers,
-            "num_attention_heads": size.num_heads,
-            "num_key_value_heads": size.num_kv_heads,
-            "head_dim": head_dim,
-            "max_position_embeddings": 1024,
+            **_decoder_dims(size, tokenizer, size.num_kv_heads),
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section, "mrope_interleaved": True},
             "pad_token_id": tokenizer.pad_token_id,
             "tie_word_embeddings": True,
@@ -199,18 +192,10 @@ def build_tiny_ministral(size: TinySize = TinySize(), seed: int = 0) -> tuple[An
     processor = PixtralProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=16, spatial_merge_size=2, chat_template=MISTRAL_CHAT_TEMPLATE
     )
-    head_dim = size.hidden_size // size.num_heads
     config = Mistral3Config(
         text_config={
             "model_type": "ministral3",
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.hidden_size,
-            "intermediate_size": size.intermediate_size,
-            "num_hidden_layers": size.num_layers,
-            "num_attention_heads": size.num_heads,
-            "num_key_value_heads": size.num_kv_heads,
-            "head_dim": head_dim,
-            "max_position_embeddings": 1024,
+            **_decoder_dims(size, tokenizer, size.num_kv_heads),
             # The full-size Ministral-3 uses YaRN with Llama-4 attention scaling; keep the same code path.
             "rope_parameters": {
                 "rope_type": "yarn",
@@ -265,14 +250,7 @@ def build_tiny_llava(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, A
     config = LlavaConfig(
         text_config={
             "model_type": "llama",
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.hidden_size,
-            "intermediate_size": size.intermediate_size,
-            "num_hidden_layers": size.num_layers,
-            "num_attention_heads": size.num_heads,
-            "num_key_value_heads": size.num_heads,  # Vicuna-7B (LLaVA-1.5's decoder) has no grouped-query attention
-            "head_dim": size.hidden_size // size.num_heads,
-            "max_position_embeddings": 1024,
+            **_decoder_dims(size, tokenizer, size.num_heads),  # Vicuna-7B (LLaVA-1.5's decoder) has no grouped-query attention
             "rms_norm_eps": 1e-5,
             "pad_token_id": tokenizer.pad_token_id,
             "bos_token_id": tokenizer.bos_token_id,
@@ -296,6 +274,20 @@ def build_tiny_llava(size: TinySize = TinySize(), seed: int = 0) -> tuple[Any, A
         tie_word_embeddings=False,
     )
     return _instantiate(LlavaForConditionalGeneration, config, tokenizer, seed), processor
+
+
+def _decoder_dims(size: TinySize, tokenizer: Any, num_kv_heads: int) -> dict[str, int]:
+    """The text decoder's sizes, the same in every family's tiny model (only the KV heads differ)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": size.hidden_size,
+        "intermediate_size": size.intermediate_size,
+        "num_hidden_layers": size.num_layers,
+        "num_attention_heads": size.num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": size.hidden_size // size.num_heads,
+        "max_position_embeddings": 1024,
+    }
 
 
 def _instantiate(model_class: Any, config: Any, tokenizer: Any, seed: int) -> Any:
