@@ -7,11 +7,13 @@ User errors (``HallbenchError``) are printed as one red line without a traceback
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_type_hints
 
 import typer
 from rich.console import Console
@@ -19,6 +21,8 @@ from rich.markup import escape
 
 from hallbench.errors import HallbenchError
 from hallbench.eval.benchmark import BENCHMARKS
+from hallbench.eval.engine import Decoding
+from hallbench.eval.run import Backend, DType
 from hallbench.models.registry import MODEL_REGISTRY
 
 app = typer.Typer(
@@ -35,8 +39,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 MODEL_NAMES = ", ".join(MODEL_REGISTRY)
-MIN_PIXELS_HELP = "Qwen3-VL: smallest image area in pixels after resizing (default: the checkpoint's, 65536 for the published ones)."
-MAX_PIXELS_HELP = "Largest image area in pixels (Pixtral: longest edge = its square root); default: the checkpoint's."
+
+
+def _benchmark_answer_lengths() -> str:
+    from hallbench.eval.benchmark import all_specs
+
+    return "Per benchmark: " + ", ".join(f"{spec.title} {spec.default_max_new_tokens}" for spec in all_specs()) + "."
 
 
 @contextmanager
@@ -285,200 +293,102 @@ def demo(
 # Evaluation
 
 
-# `hallbench eval --help` groups its options by what they belong to.
+# `hallbench eval --help` groups its options by what they belong to; each benchmark's own options
+# (BenchmarkSpec.options) get a panel of their own, added by _with_benchmark_options.
 _RUN = "Benchmark and run"
-_POPE = "POPE"
-_CHAIR = "CHAIR"
-_VQA = "VQA: answers, judge, BERTScore"
 _DECODING = "Decoding and prompt"
 _BACKEND = "Model and backend"
 
 
-@app.command(name="eval")
-def eval_(
-    bench: Annotated[str, typer.Option(rich_help_panel=_RUN, help=f"Benchmark: {', '.join(BENCHMARKS)}.")],
-    out: Annotated[
-        Path,
-        typer.Option(rich_help_panel=_RUN, help="Output folder: config.json, predictions.jsonl, summary.json. Re-running resumes."),
-    ],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel=_RUN,
-            help="POPE: a folder of split files (random/popular/adversarial) or one question file. CHAIR: a shapes-world or COCO folder.",
-        ),
-    ] = None,
-    images: Annotated[
-        Path | None,
-        typer.Option(rich_help_panel=_RUN, help="Image folder (default: found from --data when hallbench built it)."),
-    ] = None,
-    model: Annotated[
-        str, typer.Option(rich_help_panel=_BACKEND, help=f"Registry name ({MODEL_NAMES}), model folder, or cached hub id.")
-    ] = "tiny-qwen",
-    split: Annotated[
-        str, typer.Option(rich_help_panel=_POPE, help="The benchmark's split (POPE: random, popular, adversarial) or all.")
-    ] = "all",
-    parser: Annotated[
-        str,
-        typer.Option(
-            rich_help_panel=_POPE,
-            help="Yes/no answer parser: hallbench (explicit unknown) or official (the benchmark script's rule; POPE: unparseable counts as yes).",
-        ),
-    ] = "hallbench",
-    prompt: Annotated[
-        str | None, typer.Option(rich_help_panel=_CHAIR, help='CHAIR captioning prompt (default "Please describe this image in detail.").')
-    ] = None,
-    drop_incomplete: Annotated[
-        bool, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: drop a trailing sentence cut off by --max-new-tokens.")
-    ] = False,
-    instances: Annotated[
-        Path | None, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: COCO instances file (default: from --data).")
-    ] = None,
-    captions: Annotated[
-        Path | None, typer.Option(rich_help_panel=_CHAIR, help="CHAIR: COCO captions file; its objects also count as ground truth.")
-    ] = None,
-    synonyms: Annotated[
-        Path | None,
-        typer.Option(rich_help_panel=_CHAIR, help="CHAIR: synonym table (default: the shapes world's or the packaged COCO one)."),
-    ] = None,
-    marker: Annotated[str, typer.Option(rich_help_panel=_VQA, help="VQA: the text before the final answer.")] = "### The final answer is:",
-    require_marker: Annotated[
-        bool,
-        typer.Option(
-            rich_help_panel=_VQA,
-            help="VQA: an answer without the marker counts as wrong (default: whole answer used, flagged).",
-        ),
-    ] = False,
-    judge_base_url: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=_VQA, help="VQA: OpenAI-compatible judge endpoint, e.g. https://api.deepseek.com."),
-    ] = None,
-    judge_model: Annotated[str, typer.Option(rich_help_panel=_VQA, help="VQA: judge model name.")] = "deepseek-chat",
-    judge_key_env: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=_VQA,
-            help="VQA: environment variable holding the judge's key (default DEEPSEEK_API_KEY, then OPENAI_API_KEY).",
-        ),
-    ] = None,
-    judge_concurrency: Annotated[int, typer.Option(rich_help_panel=_VQA, help="VQA: judge requests in flight at once.")] = 8,
-    judge_timeout: Annotated[
-        float,
-        typer.Option(rich_help_panel=_VQA, help="VQA: seconds one judge request may take before it is retried."),
-    ] = 60.0,
-    judge_attempts: Annotated[int, typer.Option(rich_help_panel=_VQA, help="VQA: requests per judgement at most, the first included.")] = 6,
-    judge_max_tokens: Annotated[
-        int,
-        typer.Option(
-            rich_help_panel=_VQA,
-            help="VQA: the judge's completion budget (e.g. 4096 for a reasoning model that thinks in its reply).",
-        ),
-    ] = 16,
-    judge_max_error_rate: Annotated[
-        float,
-        typer.Option(
-            rich_help_panel=_VQA,
-            help="VQA: fraction of CLOSED judgements that may fail before the run exits with status 1.",
-        ),
-    ] = 0.0,
-    bertscore_model: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=_VQA,
-            help="VQA: BERTScore model (default roberta-large if available offline, else the bundled all-MiniLM-L6-v2).",
-        ),
-    ] = None,
-    bertscore_layers: Annotated[
-        int | None,
-        typer.Option(rich_help_panel=_VQA, help="VQA: BERTScore layer (default 17 for roberta-large, 6 for MiniLM)."),
-    ] = None,
-    bertscore_baseline: Annotated[
-        Path | None, typer.Option(rich_help_panel=_VQA, help="VQA: baseline file for BERTScore rescaling.")
-    ] = None,
-    decoding: Annotated[str, typer.Option(rich_help_panel=_DECODING, help="greedy, sample or beam.")] = "greedy",
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(rich_help_panel=_DECODING, help="Longest answer in tokens (default: the benchmark's: POPE 32, CHAIR 512, VQA 1024)."),
-    ] = None,
-    system_prompt: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=_DECODING,
-            help="A system turn before every question (default: none; the chat template's own default applies).",
-        ),
-    ] = None,
-    prompt_suffix: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=_DECODING,
-            help='Appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase."',
-        ),
-    ] = None,
-    min_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=MIN_PIXELS_HELP)] = None,
-    max_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=MAX_PIXELS_HELP)] = None,
-    image_ids: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel=_CHAIR, help="CHAIR: JSON list or one-per-line file of the image ids to caption (a published subset)."
-        ),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel=_POPE,
-            help="POPE: another label set for the same questions (RePOPE): folder of split files or one file; re-scores, never regenerates.",
-        ),
-    ] = None,
-    temperature: Annotated[float, typer.Option(rich_help_panel=_DECODING, help="Sampling temperature (--decoding sample).")] = 1.0,
-    top_p: Annotated[float, typer.Option(rich_help_panel=_DECODING, help="Nucleus mass (--decoding sample).")] = 1.0,
-    num_beams: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Beams (--decoding beam).")] = 3,
-    seed: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Seed of the per-batch RNG (same seed, same sampled answers).")] = 0,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=_DECODING, help="Samples per forward pass (per GPU).")] = 8,
-    max_samples: Annotated[int | None, typer.Option(rich_help_panel=_RUN, help="Only the first N samples (quick checks).")] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            rich_help_panel=_RUN,
-            help="Stop at the first sample that cannot be evaluated (default: record it as an error and go on).",
-        ),
-    ] = False,
-    backend: Annotated[
-        str,
-        typer.Option(rich_help_panel=_BACKEND, help="hf (transformers) or openai (an OpenAI-compatible endpoint such as vLLM)."),
-    ] = "hf",
-    base_url: Annotated[
-        str | None, typer.Option(rich_help_panel=_BACKEND, help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
-    ] = None,
-    api_model: Annotated[str | None, typer.Option(rich_help_panel=_BACKEND, help="openai backend: served model name.")] = None,
-    api_key_env: Annotated[
-        str, typer.Option(rich_help_panel=_BACKEND, help="openai backend: environment variable holding the API key.")
-    ] = "OPENAI_API_KEY",
-    device: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=_BACKEND, help="hf backend: cpu, cuda, cuda:1...; default: this rank's GPU if any."),
-    ] = None,
-    dtype: Annotated[str, typer.Option(rich_help_panel=_BACKEND, help="hf backend: auto, float32, bfloat16, float16.")] = "auto",
-) -> None:
-    """Evaluate a model on POPE, CHAIR or VQA: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
+def _eval_help(field: str) -> str:
+    from hallbench.eval.run import EvalConfig
+    from hallbench.fielddocs import option_help
+
+    return option_help(EvalConfig, field)
+
+
+def _decoding_help(field: str) -> str:
     from hallbench.eval.engine import DecodingConfig
+    from hallbench.fielddocs import option_help
+
+    return option_help(DecodingConfig, field)
+
+
+def _with_benchmark_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one ``--flag`` per benchmark option (the fields of every ``BenchmarkSpec.options``,
+    see ``option_flags``), typed, defaulted and documented by its field, in its benchmark's help panel;
+    the values reach ``command`` as ``**bench_options``. A new benchmark's options need no change here."""
+    from hallbench.eval.benchmark import option_flags
+    from hallbench.fielddocs import option_help
+
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for name, declared in option_flags().items():
+        spec, option = declared[0]
+        # A shared option (POPE's and MME's --parser) is one flag: its panel names every benchmark.
+        panel = " and ".join(s.title for s, _ in declared) + " options"
+        helps = list(dict.fromkeys(option_help(s.options, name) for s, _ in declared))
+        text = helps[0] if len(helps) == 1 else " ".join(f"{s.title}: {option_help(s.options, name)}" for s, _ in declared)
+        kind = get_type_hints(spec.options)[name]
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option.default,
+                annotation=Annotated[kind, typer.Option(help=text, rich_help_panel=panel)],
+            )
+        )
+
+    @functools.wraps(command)
+    def with_options(**flags: object) -> None:
+        command(**flags)
+
+    with_options.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return with_options
+
+
+@app.command(name="eval")
+@_with_benchmark_options
+def eval_(
+    bench: Annotated[Literal[tuple(BENCHMARKS)], typer.Option(rich_help_panel=_RUN, help=_eval_help("bench"))],  # type: ignore[valid-type]
+    out: Annotated[Path, typer.Option(rich_help_panel=_RUN, help=_eval_help("out"))],
+    data: Annotated[Path | None, typer.Option(rich_help_panel=_RUN, help=_eval_help("data"))] = None,
+    images: Annotated[Path | None, typer.Option(rich_help_panel=_RUN, help=_eval_help("images"))] = None,
+    split: Annotated[str, typer.Option(rich_help_panel=_RUN, help=_eval_help("split"))] = "all",
+    max_samples: Annotated[int | None, typer.Option(rich_help_panel=_RUN, help=_eval_help("max_samples"))] = None,
+    strict: Annotated[bool, typer.Option(rich_help_panel=_RUN, help=_eval_help("strict"))] = False,
+    model: Annotated[str, typer.Option(rich_help_panel=_BACKEND, help=f"{_eval_help('model')} Registry: {MODEL_NAMES}.")] = "tiny-qwen",
+    backend: Annotated[Backend, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("backend"))] = "hf",
+    base_url: Annotated[str | None, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("base_url"))] = None,
+    api_model: Annotated[str | None, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("api_model"))] = None,
+    api_key_env: Annotated[str, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("api_key_env"))] = "OPENAI_API_KEY",
+    device: Annotated[str | None, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("device"))] = None,
+    dtype: Annotated[DType, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("dtype"))] = "auto",
+    min_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("min_pixels"))] = None,
+    max_pixels: Annotated[int | None, typer.Option(rich_help_panel=_BACKEND, help=_eval_help("max_pixels"))] = None,
+    decoding: Annotated[Decoding, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("decoding"))] = "greedy",
+    max_new_tokens: Annotated[
+        int | None, typer.Option(rich_help_panel=_DECODING, help=f"{_decoding_help('max_new_tokens')} {_benchmark_answer_lengths()}")
+    ] = None,
+    temperature: Annotated[float, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("temperature"))] = 1.0,
+    top_p: Annotated[float, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("top_p"))] = 1.0,
+    num_beams: Annotated[int, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("num_beams"))] = 3,
+    seed: Annotated[int, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("seed"))] = 0,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=_DECODING, help=_decoding_help("batch_size"))] = 8,
+    system_prompt: Annotated[str | None, typer.Option(rich_help_panel=_DECODING, help=_eval_help("system_prompt"))] = None,
+    prompt_suffix: Annotated[str | None, typer.Option(rich_help_panel=_DECODING, help=_eval_help("prompt_suffix"))] = None,
+    **bench_options: object,
+) -> None:
+    """Evaluate a model on one benchmark: batched generation, incremental predictions, resumable, multi-GPU with torchrun."""
     from hallbench.eval.run import EvalConfig, run_eval
 
     with user_errors():
-        cfg = EvalConfig(
-            bench=bench, out=out, data=data, images=images, model=model, split=split, parser=parser, prompt=prompt,
-            drop_incomplete=drop_incomplete, instances=instances, captions=captions, synonyms=synonyms,
-            marker=marker, require_marker=require_marker, judge_base_url=judge_base_url, judge_model=judge_model,
-            judge_key_env=judge_key_env, judge_concurrency=judge_concurrency, judge_timeout=judge_timeout,
-            judge_attempts=judge_attempts, judge_max_tokens=judge_max_tokens, judge_max_error_rate=judge_max_error_rate,
-            bertscore_model=bertscore_model,
-            bertscore_layers=bertscore_layers, bertscore_baseline=bertscore_baseline,
-            max_samples=max_samples, strict=strict, backend=backend, base_url=base_url, api_model=api_model,
-            api_key_env=api_key_env, device=device, dtype=dtype, system_prompt=system_prompt, prompt_suffix=prompt_suffix,
-            min_pixels=min_pixels, max_pixels=max_pixels, image_ids=image_ids, labels=labels,
-            decoding=DecodingConfig(
-                decoding=decoding, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                num_beams=num_beams, seed=seed, batch_size=batch_size,
-            ),
+        cfg = EvalConfig.from_flags(
+            bench=bench, out=out, data=data, images=images, split=split, max_samples=max_samples, strict=strict,
+            model=model, backend=backend, base_url=base_url, api_model=api_model, api_key_env=api_key_env, device=device,
+            dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, decoding=decoding, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, num_beams=num_beams, seed=seed, batch_size=batch_size,
+            system_prompt=system_prompt, prompt_suffix=prompt_suffix, **bench_options,
         )  # fmt: skip
         _notice_untrained(cfg)
         summary = run_eval(cfg)
@@ -493,7 +403,7 @@ def eval_(
     if summary.get("judge_failed"):
         err_console.print(
             f"[bold red]error:[/] {summary['judge_errors']} of {summary['n_closed']} CLOSED judgements failed "
-            f"({escape(_error_kinds(summary))}), more than --judge-max-error-rate {cfg.judge_max_error_rate:g}; closed_accuracy "
+            f"({escape(_error_kinds(summary))}), more than --judge-max-error-rate {cfg.options.judge_max_error_rate:g}; closed_accuracy "
             "covers the judged ones only. Run the same command again to retry them (cached verdicts are reused).",
             soft_wrap=True,
         )

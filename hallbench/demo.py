@@ -272,6 +272,7 @@ def _evaluations(cfg: DemoConfig, world: Path, run: Path, judge: tuple[str, str]
     """The EvalConfigs of one trained run: POPE, CHAIR x 3 decodings, VQA."""
     from hallbench.eval.engine import DecodingConfig
     from hallbench.eval.run import EvalConfig
+    from hallbench.eval.vqa import VqaOptions
 
     profile = cfg.profile
     out = cfg.study / "eval" / run.name
@@ -307,8 +308,7 @@ def _evaluations(cfg: DemoConfig, world: Path, run: Path, judge: tuple[str, str]
             model=str(run),
             device="cpu",
             max_samples=profile.vqa_questions,
-            judge_base_url=judge[0],
-            judge_model=judge[1],
+            options=VqaOptions(judge_base_url=judge[0], judge_model=judge[1]),
             decoding=DecodingConfig(max_new_tokens=profile.caption_tokens, batch_size=batch),
         )
     )

@@ -18,10 +18,14 @@ from typing import Any
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """``{field: its docstring}`` (whitespace collapsed) for every documented field of a dataclass."""
+    """``{field: its docstring}`` (whitespace collapsed) for every documented field of a dataclass,
+    its dataclass bases' fields included (a subclass's own text wins)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not cls and dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
     for node, following in zip(body, body[1:], strict=False):
         if (
             isinstance(node, ast.AnnAssign)
@@ -66,3 +70,15 @@ def field_help(cls: type, name: str, *, default: str | None = None) -> str:
     if default is None and field_default(cls, name) is not dataclasses.MISSING:
         default = shown_default(field_default(cls, name))
     return escape(text + (f" [default: {default}]" if default is not None else ""))
+
+
+def option_help(cls: type, name: str) -> str:
+    """The field's docstring as the help of a flag whose default the CLI shows itself (Typer prints
+    ``[default: X]`` for every default but None); a None default is shown as ``[default: none]``
+    unless the docstring says what it means. Escaped for rich markup, as :func:`field_help`."""
+    from rich.markup import escape
+
+    text = field_docs(cls)[name]
+    if field_default(cls, name) is None and "default" not in text.lower():
+        text += " [default: none]"
+    return escape(text)

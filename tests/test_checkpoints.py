@@ -224,7 +224,7 @@ def test_train_save_reload_evaluate_report(name, use_basemodel, shapes_dir, tmp_
     run_eval(EvalConfig(bench="pope", data=pope, split="random", model=str(run), out=evals / "pope", decoding=short), progress=False)
     run_eval(EvalConfig(bench="chair", data=shapes_dir, model=str(run), out=evals / "chair", max_samples=2, decoding=short), progress=False)
     with start_judge_server() as judge:
-        vqa = EvalConfig(
+        vqa = EvalConfig.from_flags(
             bench="vqa", data=shapes_dir / "eval_vqa.json", images=shapes_dir / "images", model=str(run), out=evals / "vqa",
             max_samples=4, judge_base_url=judge.base_url, judge_model="local", decoding=short,
         )  # fmt: skip

@@ -157,25 +157,52 @@ def test_train_help_comes_from_the_config_field_docs_with_their_defaults():
     assert "concat (h + W_c [h; e])" in shown and "[default: the preset's]" in shown
 
 
-def test_eval_defaults_are_the_config_defaults_and_options_are_grouped_by_benchmark():
-    from dataclasses import MISSING
+def test_eval_help_and_defaults_come_from_the_config_and_benchmark_option_fields():
+    from dataclasses import MISSING, fields
 
+    from hallbench.eval.benchmark import all_specs, option_flags
     from hallbench.eval.engine import DecodingConfig
     from hallbench.eval.run import EvalConfig
-    from hallbench.fielddocs import field_default
+    from hallbench.fielddocs import field_default, option_help
 
     params = _params("eval")
-    checked = 0
-    for cls in (EvalConfig, DecodingConfig):
-        for name in {f for f in cls.__dataclass_fields__} & set(params):
-            default = field_default(cls, name)
-            # max_new_tokens: None on the CLI means the benchmark's own default; EvalConfig.decoding is the DecodingConfig.
-            if default is MISSING or name == "max_new_tokens" or (cls is EvalConfig and name == "decoding"):
-                continue
-            assert params[name].default == (str(default) if isinstance(default, str) else default), name
-            checked += 1
-    assert checked >= 25
+    owners = {f.name: EvalConfig for f in fields(EvalConfig) if f.name not in ("decoding", "options")}
+    owners |= {f.name: DecodingConfig for f in fields(DecodingConfig)}
+    owners |= {name: declared[0][0].options for name, declared in option_flags().items()}
+    assert set(params) - {"help"} == set(owners)  # every flag is a field, every field a flag
+    for name, cls in owners.items():
+        default = field_default(cls, name)
+        assert params[name].default == (None if default is MISSING else default), name
+        if name != "model" and name != "max_new_tokens":  # these two append the registry / the benchmarks' lengths
+            assert params[name].help == option_help(cls, name), name
+    # One panel per benchmark; an option two benchmarks share is one flag in a panel naming both.
     panels = {p.name: p.rich_help_panel for p in params.values()}
-    assert panels["parser"] == panels["labels"] == "POPE" and panels["synonyms"] == "CHAIR"
-    assert panels["judge_model"] == panels["bertscore_model"] == "VQA: answers, judge, BERTScore"
-    assert all(panels[name] for name in panels if name != "help")
+    assert panels["labels"] == "POPE options" and panels["parser"] == "POPE and MME options"
+    assert panels["synonyms"] == panels["image_ids"] == "CHAIR options" and panels["judge_model"] == "VQA options"
+    for spec in all_specs():
+        assert all(spec.title in panels[option.name].removesuffix(" options").split(" and ") for option in fields(spec.options))
+    for name, declared in option_flags().items():
+        assert len({(option.type, option.default) for _, option in declared}) == 1, name
+    shown = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "400"}).output
+    # Choices and every default are visible.
+    assert "<pope|chair|vqa|mme>" in shown and "<hallbench|official>" in shown and "<greedy|sample|beam>" in shown
+    assert "[default: deepseek-chat]" in shown and "[default: 60.0]" in shown and "[default: hallbench]" in shown
+    assert "Baseline file for BERTScore rescaling (needed to rescale a local model). [default: none]" in shown
+    assert "Per benchmark: POPE 32, CHAIR 512, VQA 1024, MME 32." in shown
+
+
+def test_an_option_of_another_benchmark_is_refused_not_ignored(tmp_path, shapes_dir):
+    import pytest
+
+    from hallbench.errors import HallbenchError
+    from hallbench.eval.run import EvalConfig
+
+    result = runner.invoke(
+        app, ["eval", "--bench", "chair", "--data", str(shapes_dir), "--labels", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "--labels applies to --bench pope, not --bench chair" in result.output
+    result = runner.invoke(app, ["eval", "--bench", "pope", "--parser", "strict", "--out", str(tmp_path / "o")], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'strict' is not one of 'hallbench', 'official'" in result.output
+    with pytest.raises(HallbenchError, match="unknown --parser 'strict'; choose one of hallbench, official"):
+        EvalConfig.from_flags(bench="mme", out=tmp_path, parser="strict")  # Python callers get the same check

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from hallbench.cli import app
 from hallbench.data.pope_build import PopeBuildConfig, build_pope
 from hallbench.errors import HallbenchError
+from hallbench.eval.benchmark import get_spec
 from hallbench.eval.engine import DecodingConfig
 from hallbench.eval.run import EvalConfig, run_eval
 
@@ -54,7 +55,7 @@ def test_pope_unparseable_answers_differ_between_parsers(tmp_path, pope_dir):
     assert list(ours["splits"]) == ["random"]
     assert ours["pooled"]["unknown_rate"] == 1.0 and ours["pooled"]["accuracy"] == 0.0
     official = run_eval(
-        EvalConfig(bench="pope", data=pope_dir, out=tmp_path / "b", split="random", parser="official"),
+        EvalConfig.from_flags(bench="pope", data=pope_dir, out=tmp_path / "b", split="random", parser="official"),
         backend=ScriptedBackend(lambda s: "I see."),
         progress=False,
     )
@@ -81,7 +82,7 @@ def test_changing_only_the_parser_rescores_the_answers_without_a_model(tmp_path,
     own = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random"), backend=ScriptedBackend(_hedging), progress=False)
     files = {name: (out / name).read_bytes() for name in ("config.json", "summary.json", "predictions.jsonl")}
     _no_model(monkeypatch)
-    official = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", parser="official"), progress=False)
+    official = run_eval(EvalConfig.from_flags(bench="pope", data=pope_dir, out=out, split="random", parser="official"), progress=False)
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     n_yes = sum(r["label"] == "yes" for r in records)
     n_hedged = sum(r["prediction"] == "I don't know." for r in records)
@@ -110,7 +111,7 @@ def test_repope_labels_rescore_against_the_corrected_set_and_count_removed_quest
     labels.mkdir()
     (labels / "random.jsonl").write_text("".join(json.dumps(q) + "\n" for q in relabelled))
     _no_model(monkeypatch)
-    repope = run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
+    repope = run_eval(EvalConfig.from_flags(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
     kept = len(questions) - 3
     assert repope["n_removed"] == 3 and repope["n_samples"] == kept and repope["splits"]["random"]["n"] == kept
     assert repope["pooled"]["accuracy"] == pytest.approx((kept - 2) / kept)  # the oracle answered the old labels
@@ -126,7 +127,7 @@ def test_repope_labels_rescore_against_the_corrected_set_and_count_removed_quest
     bad = [{**questions[0], "text": "Is there a unicorn in the image?"}]
     (labels / "random.jsonl").write_text(json.dumps(bad[0]) + "\n")
     with pytest.raises(HallbenchError, match=r"question .* asks 'Is there a unicorn in the image\?'.*random.jsonl asks"):
-        run_eval(EvalConfig(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
+        run_eval(EvalConfig.from_flags(bench="pope", data=pope_dir, out=out, split="random", labels=labels), progress=False)
 
 
 def test_the_reports_rescoring_command_rescores_the_run_it_names(tmp_path, pope_dir, monkeypatch):
@@ -158,7 +159,7 @@ def test_rescoring_an_unfinished_run_is_refused(tmp_path, pope_dir, monkeypatch)
     run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)
     _no_model(monkeypatch)
     with pytest.raises(HallbenchError, match=r"16 of 20 samples have no answer yet .* re-scoring never generates"):
-        run_eval(replace(cfg, max_samples=None, parser="official"), progress=False)
+        run_eval(replace(cfg, max_samples=None, options=replace(cfg.options, parser="official")), progress=False)
 
 
 def test_rerun_resumes_without_generating_again(tmp_path, pope_dir):
@@ -175,6 +176,33 @@ def test_a_folder_with_another_configuration_is_refused(tmp_path, pope_dir):
     changed = EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random", decoding=DecodingConfig(max_new_tokens=8))
     with pytest.raises(HallbenchError, match=r"holds a run with other settings \(decoding\.max_new_tokens: 32 -> 8\)"):
         run_eval(changed, backend=ScriptedBackend(_oracle), progress=False)
+
+
+def test_a_folder_written_before_the_per_benchmark_options_resumes(tmp_path, pope_dir):
+    """Folders of earlier versions recorded every benchmark's options in every run's identity (a POPE
+    run's CHAIR prompt, VQA marker...) and the parser: none of them changed a POPE answer."""
+    first = run_eval(
+        EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False
+    )
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    assert "marker" not in config["eval"] and "prompt" not in config["eval"]  # POPE's identity holds POPE's options only
+    config["eval"] |= {
+        "parser": "hallbench", "prompt": None, "drop_incomplete": False, "instances": None, "captions": None, "synonyms": None,
+        "marker": "### The final answer is:", "require_marker": False, "image_ids": None, "labels": None,
+    }  # fmt: skip
+    config.pop("scoring")
+    config_path.write_text(json.dumps(config))
+    (tmp_path / "summary.json").unlink()
+    resumed = run_eval(
+        EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False
+    )
+    assert resumed["pooled"] == first["pooled"]
+    # A common setting recorded differently is still another experiment.
+    config["eval"]["system_prompt"] = "Be brief."
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(HallbenchError, match="system_prompt: 'Be brief.' -> None"):
+        run_eval(EvalConfig(bench="pope", data=pope_dir, out=tmp_path, split="random"), backend=ScriptedBackend(_oracle), progress=False)
 
 
 def test_missing_images_are_recorded_and_counted(tmp_path, pope_dir, shapes_dir):
@@ -283,7 +311,7 @@ def test_chair_run_scores_captions_against_the_shapes_ground_truth(tmp_path, sha
         objects = truth[sample.meta["image_id"]]
         return "There is " + " and ".join(f"a {o}" for o in objects) + " and a heart. And a blue"
 
-    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path, drop_incomplete=True)
+    cfg = EvalConfig.from_flags(bench="chair", data=shapes_dir, out=tmp_path, drop_incomplete=True)
     summary = run_eval(cfg, backend=ScriptedBackend(describe), progress=False)
     metrics = summary["metrics"]
     without_heart = [i for i, objs in truth.items() if "heart" not in objs]
@@ -390,13 +418,13 @@ def test_chair_image_ids_evaluate_exactly_the_listed_subset_in_order(tmp_path, s
     wanted = [ids[5], ids[0], ids[3]]
     listing = tmp_path / "subset.json"
     listing.write_text(json.dumps(wanted))
-    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "run", image_ids=listing)
+    cfg = EvalConfig.from_flags(bench="chair", data=shapes_dir, out=tmp_path / "run", image_ids=listing)
     summary = run_eval(cfg, backend=ScriptedBackend(lambda s: "A star."), progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert [r["image_id"] for r in records] == wanted and summary["metrics"]["n"] == 3
     lines = tmp_path / "subset.txt"
     lines.write_text(f"{ids[1]}\n\n{ids[2]}\n")
-    cfg = EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "run2", image_ids=lines)
+    cfg = EvalConfig.from_flags(bench="chair", data=shapes_dir, out=tmp_path / "run2", image_ids=lines)
     run_eval(cfg, backend=ScriptedBackend(lambda s: "A star."), progress=False)
     assert len((tmp_path / "run2" / "predictions.jsonl").read_text().splitlines()) == 2
     for content, message in (
@@ -406,29 +434,29 @@ def test_chair_image_ids_evaluate_exactly_the_listed_subset_in_order(tmp_path, s
         listing.write_text(content)
         with pytest.raises(HallbenchError, match=message):
             run_eval(
-                EvalConfig(bench="chair", data=shapes_dir, out=tmp_path / "bad", image_ids=listing),
+                EvalConfig.from_flags(bench="chair", data=shapes_dir, out=tmp_path / "bad", image_ids=listing),
                 backend=ScriptedBackend(str),
                 progress=False,
             )
-    with pytest.raises(HallbenchError, match="--image-ids applies to --bench chair only"):
-        EvalConfig(bench="pope", out=tmp_path, image_ids=listing)
+    with pytest.raises(HallbenchError, match="--image-ids applies to --bench chair, not --bench pope"):
+        EvalConfig.from_flags(bench="pope", out=tmp_path, image_ids=listing)
 
 
 def test_a_key_passed_as_an_env_var_name_is_refused_without_showing_it(tmp_path, pope_dir):
     key = "sk-4f9c2e7a1b3d5f6e8a0c2e4f6a8b0d2f"
-    for option in ("api_key_env", "judge_key_env"):
+    for bench, option in (("pope", "api_key_env"), ("vqa", "judge_key_env")):
         with pytest.raises(HallbenchError) as err:
-            EvalConfig(bench="pope", data=pope_dir, out=tmp_path, **{option: key})
+            EvalConfig.from_flags(bench=bench, data=pope_dir, out=tmp_path, **{option: key})
         assert key not in str(err.value) and "NAME of an environment variable" in str(err.value)
     with_credentials = {
-        "base_url": {"backend": "openai", "api_model": "m", "base_url": "http://user:secret@127.0.0.1:8000/v1"},
-        "judge_base_url": {"judge_base_url": "https://user:secret@api.deepseek.com"},
+        "base_url": {"bench": "pope", "backend": "openai", "api_model": "m", "base_url": "http://user:secret@127.0.0.1:8000/v1"},
+        "judge_base_url": {"bench": "vqa", "judge_base_url": "https://user:secret@api.deepseek.com"},
     }
     for settings in with_credentials.values():
         with pytest.raises(HallbenchError, match="must not contain credentials") as err:
-            EvalConfig(bench="pope", data=pope_dir, out=tmp_path, **settings)
+            EvalConfig.from_flags(data=pope_dir, out=tmp_path, **settings)
         assert "secret" not in str(err.value)
-    result = runner.invoke(app, ["eval", "--bench", "pope", "--data", str(pope_dir), "--out", str(tmp_path / "x"), "--judge-key-env", key])
+    result = runner.invoke(app, ["eval", "--bench", "vqa", "--data", str(pope_dir), "--out", str(tmp_path / "x"), "--judge-key-env", key])
     assert result.exit_code == 1 and key not in result.output
     assert not (tmp_path / "x").exists()
 
@@ -481,3 +509,18 @@ def test_recorded_image_folders_work_from_any_working_directory(tmp_path, shapes
     (world / "pope" / "pope_build.json").write_text(json.dumps({**manifest, "images": "demo/shapes/images"}))
     cfg = EvalConfig(bench="pope", data=world / "pope", out=tmp_path / "run2")
     assert run_eval(cfg, backend=ScriptedBackend(_oracle), progress=False)["n_errors"] == 0
+
+
+def test_from_flags_routes_flat_options_to_the_config_the_decoding_and_the_benchmark(tmp_path):
+    from hallbench.eval.pope import PopeOptions
+
+    cfg = EvalConfig.from_flags(bench="pope", out=tmp_path, split="random", decoding="beam", num_beams=4, parser="official")
+    assert cfg.split == "random" and cfg.options == PopeOptions(parser="official")
+    assert cfg.decoding == DecodingConfig(decoding="beam", max_new_tokens=32, num_beams=4)  # POPE's answer length filled in
+    base = DecodingConfig(max_new_tokens=8, batch_size=2)
+    assert EvalConfig.from_flags(bench="chair", out=tmp_path, decoding=base, seed=3).decoding == replace(base, seed=3)
+    assert EvalConfig.from_flags(bench="chair", out=tmp_path, labels=None).options == get_spec("chair").options()  # defaults pass
+    with pytest.raises(HallbenchError, match="hallbench eval has no option 'colour'"):
+        EvalConfig.from_flags(bench="pope", out=tmp_path, colour="red")
+    with pytest.raises(HallbenchError, match="--bench chair takes ChairOptions options, got PopeOptions"):
+        EvalConfig(bench="chair", out=tmp_path, options=PopeOptions())

@@ -12,7 +12,7 @@ from scripted import ScriptedBackend
 from hallbench.data.mme_build import build_mme
 from hallbench.errors import DataFormatError, HallbenchError
 from hallbench.eval.benchmark import get_spec, point, sample_table
-from hallbench.eval.mme import SPEC, SUBSETS, parse_mme_answer, read_mme_subset
+from hallbench.eval.mme import SPEC, SUBSETS, MmeOptions, parse_mme_answer, read_mme_subset
 from hallbench.eval.run import EvalConfig, run_eval
 from hallbench.report import run_report
 
@@ -31,7 +31,7 @@ def test_accuracy_acc_plus_and_score_by_hand():
         _record("count", "d", 0, "yes", "yes"), _record("count", "d", 1, "no", "no"),
         {**_record("count", "e", 0, "yes", "yes"), "error": "image failed to load"},
     ]  # fmt: skip
-    summary = SPEC.benchmark.aggregate(type("B", (), {"cfg": type("C", (), {"parser": "hallbench"})})(), records)
+    summary = SPEC.benchmark.aggregate(type("B", (), {"cfg": type("C", (), {"options": MmeOptions()})})(), records)
     existence, count = summary["splits"]["existence"], summary["splits"]["count"]
     assert (existence["accuracy"], existence["acc_plus"], existence["n"], existence["n_images"]) == (0.5, pytest.approx(1 / 3), 6, 3)
     assert existence["score"] == pytest.approx(0.5 + 1 / 3)

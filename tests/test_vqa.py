@@ -62,7 +62,7 @@ def _answers(items):
 
 
 def _config(tmp_path, path, shapes_dir, base_url, **extra):
-    return EvalConfig(
+    return EvalConfig.from_flags(
         bench="vqa", data=path, images=shapes_dir / "images", out=tmp_path / "run", judge_base_url=base_url, judge_model="local", **extra
     )
 

@@ -11,6 +11,8 @@ holds everything the other stages need to know about it:
 - its **splits** (POPE's random/popular/adversarial, MME's subsets; none: one split ``all``), how a
   record names its sample and its image (the unit of resampling), its version and default answer
   length;
+- its **options** (:attr:`BenchmarkSpec.options`): a small dataclass whose documented fields are the
+  benchmark's ``hallbench eval`` flags, in a help panel of their own (:func:`option_flags`);
 - its **tables** as data: the metrics Table 2 and the ablations show (:attr:`BenchmarkSpec.paper_metrics`),
   its detail table (:class:`DetailTable`), and what a command that produces a missing cell needs.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -116,6 +118,11 @@ def _id_of(record: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """The options of a benchmark that has none of its own."""
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     """Everything about a benchmark that more than its own module needs (see the module docstring)."""
 
@@ -141,8 +148,15 @@ class BenchmarkSpec:
     """A record's id, unique within a split: how two runs' answers are paired."""
     group: Callable[[Mapping[str, Any]], str] | None = _image_of
     """A record's unit of resampling (its image); None: every sample is its own unit (one caption per image)."""
+    options: type = NoOptions
+    """The benchmark's own ``hallbench eval`` options: a frozen dataclass whose fields (typed, with a
+    default, each documented by the string literal under it) are the ``--flags`` of the benchmark's
+    help panel; ``EvalConfig.options`` holds an instance. A ``Literal`` type lists the choices."""
     scoring_options: tuple[str, ...] = ()
-    """EvalConfig fields that only change how answers are scored: changing them re-scores, never regenerates."""
+    """Options that only change how answers are scored: changing them re-scores, never regenerates."""
+    free_options: tuple[str, ...] = ()
+    """Options that may change between a run and its resumption: they change no answer and are not
+    part of the run's identity (the judge's endpoint and retries, the BERTScore model)."""
     paper_metrics: tuple[str, ...] = ()
     """The metrics Table 2 and the ablation tables show, for each split."""
     paper_always: bool = False
@@ -163,6 +177,10 @@ class BenchmarkSpec:
         for name in (*self.paper_metrics, *(self.detail.metrics if self.detail else ()), *(m for _s, m in self.headline)):
             if name not in names:
                 raise ValueError(f"{self.name}: {name!r} is not one of its metrics {names}")
+        options = {f.name for f in fields(self.options)}
+        for name in (*self.scoring_options, *self.free_options):
+            if name not in options:
+                raise ValueError(f"{self.name}: {name!r} is not one of its options {sorted(options)}")
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -367,3 +385,16 @@ def get_spec(name: str) -> BenchmarkSpec:
 def all_specs() -> list[BenchmarkSpec]:
     """Every benchmark's spec, in :data:`BENCHMARKS` order (the order of the report's columns)."""
     return [get_spec(name) for name in BENCHMARKS]
+
+
+def option_flags() -> dict[str, list[tuple[BenchmarkSpec, Field]]]:
+    """Every benchmark option by name (its ``--flag``) -> the benchmarks that declare it, with their field.
+
+    Benchmarks may share an option (POPE's and MME's yes/no ``parser``): one flag then serves both, so
+    its type and default must agree (``tests/test_benchmark_options.py``).
+    """
+    flags: dict[str, list[tuple[BenchmarkSpec, Field]]] = {}
+    for spec in all_specs():
+        for option in fields(spec.options):
+            flags.setdefault(option.name, []).append((spec, option))
+    return flags

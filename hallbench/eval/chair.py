@@ -64,6 +64,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -694,6 +695,24 @@ def read_image_ids(path: Path) -> list[str]:
     return ids
 
 
+@dataclass(frozen=True)
+class ChairOptions:
+    """``hallbench eval --bench chair``'s own options."""
+
+    prompt: str | None = None
+    """Captioning prompt (default: "Please describe this image in detail.")."""
+    drop_incomplete: bool = False
+    """Drop a trailing sentence cut off by --max-new-tokens before scoring (re-scores only)."""
+    instances: Path | None = None
+    """COCO instances file (default: annotations/instances_val.json in --data)."""
+    captions: Path | None = None
+    """COCO captions file whose objects also count as ground truth (default: annotations/captions_val.json in --data, if any)."""
+    synonyms: Path | None = None
+    """Synonym table (default: synonyms.txt in --data, else the packaged COCO table; re-scores only)."""
+    image_ids: Path | None = None
+    """A JSON list (or one id per line) of the image ids to caption, e.g. a published 500-image subset."""
+
+
 class ChairBenchmark:
     """``hallbench eval --bench chair``: one caption per image of the instances file.
 
@@ -707,12 +726,16 @@ class ChairBenchmark:
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        options: ChairOptions = cfg.options
+        self.options = options
         data = Path(cfg.data) if cfg.data is not None else None
-        self.instances = Path(cfg.instances) if cfg.instances else self._in_data(data, "annotations/instances_val.json", required=True)
-        self.captions = Path(cfg.captions) if cfg.captions else self._in_data(data, "annotations/captions_val.json", required=False)
-        self.synonyms = Path(cfg.synonyms) if cfg.synonyms else self._in_data(data, "synonyms.txt", required=False)
+        self.instances = (
+            Path(options.instances) if options.instances else self._in_data(data, "annotations/instances_val.json", required=True)
+        )
+        self.captions = Path(options.captions) if options.captions else self._in_data(data, "annotations/captions_val.json", required=False)
+        self.synonyms = Path(options.synonyms) if options.synonyms else self._in_data(data, "synonyms.txt", required=False)
         self.images = Path(cfg.images) if cfg.images else self._in_data(data, "images", required=True)
-        self.prompt = cfg.prompt or DEFAULT_CAPTION_PROMPT
+        self.prompt = options.prompt or DEFAULT_CAPTION_PROMPT
         self.scorer = ChairScorer(self.instances, self.captions, self.synonyms, cache_dir=cache_dir())
 
     @staticmethod
@@ -731,13 +754,13 @@ class ChairBenchmark:
 
         order = self.scorer.image_files()
         random.Random("chair-images").shuffle(order)
-        if self.cfg.image_ids is not None:
-            wanted = read_image_ids(Path(self.cfg.image_ids))
+        if self.options.image_ids is not None:
+            wanted = read_image_ids(Path(self.options.image_ids))
             known = {str(image_id) for image_id, _ in order}
             unknown = [i for i in wanted if i not in known]
             if unknown:
                 raise HallbenchError(
-                    f"{self.cfg.image_ids}: {len(unknown)} image id(s) are not in {self.instances} (e.g. {', '.join(unknown[:5])})"
+                    f"{self.options.image_ids}: {len(unknown)} image id(s) are not in {self.instances} (e.g. {', '.join(unknown[:5])})"
                 )
             # The file's own order: a published subset is evaluated exactly as listed.
             by_id = {str(image_id): (image_id, name) for image_id, name in order}
@@ -745,7 +768,7 @@ class ChairBenchmark:
         return [Sample(str(image_id), [self.images / name], self.prompt, {"image_id": image_id}) for image_id, name in order]
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
-        caption = drop_incomplete_sentence(answer) if self.cfg.drop_incomplete else answer
+        caption = drop_incomplete_sentence(answer) if self.options.drop_incomplete else answer
         result = self.scorer.score_caption(sample.meta["image_id"], caption)
         result.pop("image_id")
         result["scored_caption"] = result.pop("caption")
@@ -753,7 +776,7 @@ class ChairBenchmark:
 
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
         scored = [r for r in records if not r.get("error")]
-        return {"metrics": aggregate(scored), "drop_incomplete": self.cfg.drop_incomplete, "prompt": self.prompt}
+        return {"metrics": aggregate(scored), "drop_incomplete": self.options.drop_incomplete, "prompt": self.prompt}
 
     def describe(self) -> dict[str, Any]:
         files = {"instances": self.instances, "captions": self.captions, "synonyms": self.synonyms or default_synonyms_path()}
@@ -761,7 +784,9 @@ class ChairBenchmark:
             **{k: {"file": str(p), "sha256": sha256_file(p)} if p else None for k, p in files.items()},
             "images": str(self.images),
             "prompt": self.prompt,
-            "image_ids": {"file": str(self.cfg.image_ids), "sha256": sha256_file(Path(self.cfg.image_ids))} if self.cfg.image_ids else None,
+            "image_ids": {"file": str(self.options.image_ids), "sha256": sha256_file(Path(self.options.image_ids))}
+            if self.options.image_ids
+            else None,
             "ground_truth_cache": str(self.scorer.cache_path),
         }
 
@@ -777,6 +802,7 @@ SPEC = BenchmarkSpec(
     default_max_new_tokens=512,
     sample_id=lambda record: str(record.get("image_id", record.get("id"))),
     group=None,  # one caption per image: every caption is its own unit
+    options=ChairOptions,
     scoring_options=("synonyms", "drop_incomplete"),
     paper_metrics=("chair_s", "chair_i"),
     paper_always=True,

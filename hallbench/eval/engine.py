@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from hallbench.errors import HallbenchError
 from hallbench.eval.openai_api import backoff_delay, classify, scrub
 
-DECODINGS = ("greedy", "sample", "beam")
+Decoding = Literal["greedy", "sample", "beam"]
+DECODINGS: tuple[str, ...] = get_args(Decoding)
 
 
 @dataclass
@@ -50,11 +51,11 @@ class Sample:
 class DecodingConfig:
     """How answers are generated. Resolved values are saved in every run's ``config.json``."""
 
-    decoding: str = "greedy"
+    decoding: Decoding = "greedy"
     """``greedy``, ``sample`` (temperature / top-p) or ``beam`` (num_beams)."""
     max_new_tokens: int | None = None
-    """Longest answer in tokens; ``None`` = the benchmark's default (``default_max_new_tokens``: POPE
-    answers are short, CHAIR captions and VQA reasoning must be long enough to finish)."""
+    """Longest answer in tokens (default: the benchmark's ``default_max_new_tokens``: short for yes/no
+    answers, long enough for captions and reasoning to finish)."""
     temperature: float = 1.0
     """Sampling temperature (``sample`` only)."""
     top_p: float = 1.0

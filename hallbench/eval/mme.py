@@ -32,6 +32,7 @@ from typing import Any
 
 from hallbench.errors import DataFormatError, HallbenchError, shorten
 from hallbench.eval.benchmark import ALL, BenchmarkSpec, DetailTable, Metric, is_error, metric_values, scored_records
+from hallbench.eval.pope import YesNoOptions
 
 SUBSETS: tuple[str, ...] = ("existence", "count", "position", "color")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
@@ -106,6 +107,12 @@ def parse_mme_answer(text: str, rule: str) -> str:
     return parse_answer(text, "hallbench")
 
 
+@dataclass(frozen=True)
+class MmeOptions(YesNoOptions):
+    """``hallbench eval --bench mme``'s own option, ``parser``: ``hallbench`` reads answers as POPE's
+    reader does; ``official`` is MME's ``calculation.py`` (:func:`parse_official`)."""
+
+
 class MmeBenchmark:
     """One sample per question, id ``<subset>/<image>/<k>``; the two questions of an image are one acc+ unit."""
 
@@ -134,7 +141,7 @@ class MmeBenchmark:
         return samples
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
-        return {"parsed": parse_mme_answer(answer, self.cfg.parser)}
+        return {"parsed": parse_mme_answer(answer, self.cfg.options.parser)}
 
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
         splits = {}
@@ -151,7 +158,7 @@ class MmeBenchmark:
             "splits": splits,
             # MME's hallucination total: the sum of the subsets' scores, in points (0-200 each).
             "total_score": sum(100 * s for s in scores) if len(scores) == len(SUBSETS) else None,
-            "parser": self.cfg.parser,
+            "parser": self.cfg.options.parser,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -160,7 +167,12 @@ class MmeBenchmark:
             question_dir, _ = _subset_folders(self.data / subset)
             for file in sorted(question_dir.glob("*.txt")):
                 digest.update(f"{subset}/{file.name}\0".encode() + file.read_bytes() + b"\0")
-        return {"data": str(self.data), "subsets": list(self.subsets), "questions_sha256": digest.hexdigest(), "parser": self.cfg.parser}
+        return {
+            "data": str(self.data),
+            "subsets": list(self.subsets),
+            "questions_sha256": digest.hexdigest(),
+            "parser": self.cfg.options.parser,
+        }
 
 
 def _fields(record: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, float]:
@@ -187,6 +199,7 @@ SPEC = BenchmarkSpec(
     benchmark=MmeBenchmark,
     default_max_new_tokens=32,  # a yes/no answer, as POPE's
     splits=SUBSETS,
+    options=MmeOptions,
     scoring_options=("parser",),
     paper_metrics=("score",),
     detail=DetailTable("mme_detail", "MME hallucination subsets", rows="split"),

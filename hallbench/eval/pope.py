@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hallbench.errors import HallbenchError, shorten
 from hallbench.eval.benchmark import BenchmarkSpec, DetailTable, Metric, is_error, metric_values
 from hallbench.runfolder import recorded_path_candidates
 
 SPLIT_ORDER: tuple[str, ...] = ("random", "popular", "adversarial")
-RULES: tuple[str, ...] = ("hallbench", "official")
+Rule = Literal["hallbench", "official"]
+"""The yes/no parsing rules (``--parser``), shared by the other yes/no benchmarks (MME)."""
+RULES: tuple[str, ...] = get_args(Rule)
 PARSER_VERSION = "pope-2"
 """Version of the ``hallbench`` parsing rule and the question template. Bump it whenever
 ``parse_answer`` can read an answer differently (``tests/test_versions.py`` fails until you do).
@@ -347,6 +350,22 @@ def _score(records: Sequence[Mapping]) -> dict:
 SPLIT_FILE_NAMES = ("{split}.jsonl", "coco_pope_{split}.json", "coco_pope_{split}.jsonl", "{split}.json")
 
 
+@dataclass(frozen=True)
+class YesNoOptions:
+    """The option of every yes/no benchmark (POPE, MME): how an answer is read. It only re-scores."""
+
+    parser: Rule = "hallbench"
+    """Yes/no answer parser: hallbench (strict, with an explicit unknown class) or official (the benchmark's own script: POPE's counts an answer without a negation word as yes, MME's reads the first four characters)."""
+
+
+@dataclass(frozen=True)
+class PopeOptions(YesNoOptions):
+    """``hallbench eval --bench pope``'s own options (both only re-score: answers are never regenerated)."""
+
+    labels: Path | None = None
+    """Another label set for the same questions (RePOPE): a folder of split files or one file; questions it lacks are removed."""
+
+
 class PopeBenchmark:
     """``hallbench eval --bench pope``: one sample per question, sample id ``<split>/<question_id>``.
 
@@ -365,9 +384,12 @@ class PopeBenchmark:
         data = Path(cfg.data)
         self.files = self._split_files(data, "--data")
         self.images = Path(cfg.images) if cfg.images is not None else self._images_from_manifest(data)
-        self.label_files = self._split_files(Path(cfg.labels), "--labels") if getattr(cfg, "labels", None) else None
+        self.options: PopeOptions = cfg.options
+        self.label_files = self._split_files(Path(self.options.labels), "--labels") if self.options.labels else None
         if self.label_files is not None and set(self.label_files) != set(self.files):
-            raise HallbenchError(f"--labels {cfg.labels} covers the splits {sorted(self.label_files)}, --data {sorted(self.files)}")
+            raise HallbenchError(
+                f"--labels {self.options.labels} covers the splits {sorted(self.label_files)}, --data {sorted(self.files)}"
+            )
         self.n_removed = 0
         """Questions of --data that --labels removes (RePOPE drops ambiguous ones); set by samples()."""
 
@@ -439,11 +461,11 @@ class PopeBenchmark:
         return labels
 
     def score(self, sample: Any, answer: str) -> dict[str, Any]:
-        return {"parsed": parse_answer(answer, self.cfg.parser, asked_object(sample.meta["question"]))}
+        return {"parsed": parse_answer(answer, self.options.parser, asked_object(sample.meta["question"]))}
 
     def aggregate(self, records: list[dict]) -> dict[str, Any]:
         result = aggregate_pope(records)
-        result["parser"] = self.cfg.parser
+        result["parser"] = self.options.parser
         if self.label_files is not None:
             result["labels"] = {split: str(path) for split, path in self.label_files.items()}
             result["n_removed"] = self.n_removed
@@ -455,7 +477,7 @@ class PopeBenchmark:
         return {
             "splits": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.files.items()},
             "images": str(self.images),
-            "parser": self.cfg.parser,
+            "parser": self.options.parser,
             **(
                 {"labels": {s: {"file": str(p), "sha256": sha256_file(p)} for s, p in self.label_files.items()}} if self.label_files else {}
             ),
@@ -473,6 +495,7 @@ SPEC = BenchmarkSpec(
     default_max_new_tokens=32,
     splits=SPLIT_ORDER,
     sample_id=lambda record: f"{record['split']}/{record['question_id']}",
+    options=PopeOptions,
     scoring_options=("parser", "labels"),
     paper_metrics=("accuracy", "f1"),
     paper_always=True,

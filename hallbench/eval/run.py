@@ -20,10 +20,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args, get_origin, get_type_hints
 
 from hallbench.errors import HallbenchError, SettingsChangedError
-from hallbench.eval.benchmark import BENCHMARKS, get_spec
+from hallbench.eval.benchmark import BENCHMARKS, get_spec, option_flags
 from hallbench.eval.engine import DecodingConfig, Sample, generate_predictions, read_predictions, write_records
 from hallbench.provenance import identity_changes, provenance
 from hallbench.runfolder import SCORES_FOLDER, folder_content, locked_output_folder, make_output_folder, write_json_atomic
@@ -44,66 +44,37 @@ class Benchmark(Protocol):
     # probing the VQA judge); ``finalize(records)`` scores with every answer at hand.
 
 
+Backend = Literal["hf", "openai"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """Everything that defines an evaluation run. Identity fields must match to resume into a folder."""
+    """Everything that defines an evaluation run. Identity fields must match to resume into a folder.
+
+    The fields here apply to every benchmark; a benchmark's own settings are ``options``, an instance
+    of its ``BenchmarkSpec.options`` dataclass (``PopeOptions``, ``ChairOptions``...).
+    :meth:`from_flags` builds one from flat keyword arguments, as the CLI has them.
+    """
 
     bench: str
-    """Benchmark name: one of ``BENCHMARKS``."""
+    """The benchmark to evaluate (``BENCHMARKS``)."""
     out: Path
-    """Output folder (created; resumed if it holds a run with the same configuration)."""
+    """Output folder: config.json, predictions.jsonl, summary.json (created; re-running the same command resumes)."""
     data: Path | None = None
-    """POPE: a folder of split files or one question file. CHAIR: a shapes-world or COCO-style folder."""
+    """The benchmark's data: POPE a folder of split files or one question file, CHAIR a shapes-world or COCO-style folder, VQA a question file, MME a folder of subsets."""
     images: Path | None = None
-    """Image folder; default: found from ``data`` when it is a hallbench-built folder."""
+    """Image folder (default: found from ``data`` when it is a hallbench-built folder)."""
     model: str = "tiny-qwen"
     """hf backend: registry name, model folder, cached hub id, or training run folder."""
     split: str = "all"
-    """The benchmark's split to evaluate (POPE: random, popular, adversarial), or ``all`` (every split)."""
-    parser: str = "hallbench"
-    """Yes/no answer parser (POPE and the other yes/no benchmarks): ``hallbench`` (explicit unknown class) or ``official`` (the benchmark's own script's rule)."""
-    prompt: str | None = None
-    """CHAIR captioning prompt (default: "Please describe this image in detail.")."""
-    drop_incomplete: bool = False
-    """CHAIR: drop a trailing sentence cut off by max_new_tokens before scoring."""
-    instances: Path | None = None
-    """CHAIR: COCO instances file (default: from ``data``)."""
-    captions: Path | None = None
-    """CHAIR: COCO captions file whose objects also count as ground truth (default: from ``data``)."""
-    synonyms: Path | None = None
-    """CHAIR: synonym table (default: the shapes world's, or the packaged COCO table)."""
-    marker: str = "### The final answer is:"
-    """VQA: the text that precedes the final answer."""
-    require_marker: bool = False
-    """VQA: count an answer without the marker as wrong (default: use the whole answer and flag it)."""
-    judge_base_url: str | None = None
-    """VQA: OpenAI-compatible endpoint of the LLM judge for CLOSED questions (e.g. https://api.deepseek.com)."""
-    judge_model: str = "deepseek-chat"
-    """VQA: the judge's model name."""
-    judge_key_env: str | None = None
-    """VQA: environment variable with the judge's API key (default: DEEPSEEK_API_KEY, then OPENAI_API_KEY)."""
-    judge_concurrency: int = 8
-    """VQA: judge requests in flight at once."""
-    judge_timeout: float = 60.0
-    """VQA: seconds one judge request may take before it is retried."""
-    judge_attempts: int = 6
-    """VQA: requests per judgement at most (the first included; backoff between them)."""
-    judge_max_tokens: int = 16
-    """VQA: the judge's completion budget (raise it, e.g. to 4096, for a reasoning model that thinks in its reply)."""
-    judge_max_error_rate: float = 0.0
-    """VQA: fraction of CLOSED judgements that may fail (after every attempt) before the run exits non-zero."""
-    bertscore_model: str | None = None
-    """VQA: BERTScore model (default: roberta-large when available offline, else the bundled all-MiniLM-L6-v2)."""
-    bertscore_layers: int | None = None
-    """VQA: BERTScore layer (default: 17 for roberta-large, 6 for MiniLM)."""
-    bertscore_baseline: Path | None = None
-    """VQA: baseline file for BERTScore rescaling (needed to rescale a local model)."""
+    """The benchmark's split to evaluate (POPE: random, popular, adversarial; MME: a subset), or ``all`` (every split)."""
     max_samples: int | None = None
-    """Evaluate only the first N samples (in the benchmark's order)."""
+    """Evaluate only the first N samples (in the benchmark's order); default: every sample."""
     strict: bool = False
     """Stop at the first sample that cannot be evaluated instead of recording it as an error."""
-    backend: str = "hf"
-    """``hf`` (transformers) or ``openai`` (an OpenAI-compatible endpoint)."""
+    backend: Backend = "hf"
+    """``hf`` (transformers) or ``openai`` (an OpenAI-compatible endpoint such as vLLM)."""
     base_url: str | None = None
     """openai backend: endpoint URL, e.g. http://127.0.0.1:8000/v1 for a vLLM server."""
     api_model: str | None = None
@@ -112,40 +83,37 @@ class EvalConfig:
     """openai backend: the environment variable that holds the key (the key itself is never a flag)."""
     device: str | None = None
     """hf backend: cpu, cuda, cuda:1...; default: the rank's GPU if any, else CPU."""
-    dtype: str = "auto"
-    """hf backend: auto, float32, bfloat16 or float16."""
+    dtype: DType = "auto"
+    """hf backend: the weights' dtype; auto: the checkpoint's (float32 on CPU)."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """How answers are generated (``max_new_tokens`` None = the benchmark's ``default_max_new_tokens``)."""
     system_prompt: str | None = None
     """A system turn before every question (default: none, so the chat template's own default applies)."""
     prompt_suffix: str | None = None
-    """Text appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase." (lmms-eval's)."""
+    """Text appended to every prompt after a newline, e.g. "Answer the question using a single word or phrase." (lmms-eval's); default: none."""
     min_pixels: int | None = None
-    """hf backend: smallest image area after resizing (Qwen3-VL); default: the checkpoint's."""
+    """hf backend: smallest image area after resizing (Qwen3-VL); default: the checkpoint's (65536 for the published ones)."""
     max_pixels: int | None = None
     """hf backend: largest image area (Pixtral: longest edge = its square root); default: the checkpoint's."""
-    image_ids: Path | None = None
-    """CHAIR: a JSON list (or one id per line) of the image ids to caption, e.g. a published 500-image subset."""
-    labels: Path | None = None
-    """POPE: another label set for the same questions (RePOPE), a folder of split files or one file; questions it lacks are removed."""
+    options: Any = None
+    """The benchmark's own options (its ``BenchmarkSpec.options`` dataclass); None: that class's defaults."""
 
-    # Fields that may change between a run and its resumption without changing any answer.
-    # Scoring settings (judge, BERTScore) may change too: a re-run re-scores the same answers.
-    NON_IDENTITY = (
-        "out", "strict", "device", "max_samples", "judge_base_url", "judge_model", "judge_key_env", "judge_concurrency",
-        "judge_timeout", "judge_attempts", "judge_max_tokens", "judge_max_error_rate", "bertscore_model", "bertscore_layers", "bertscore_baseline",
-    )  # fmt: skip
+    # Fields that may change between a run and its resumption without changing any answer; so may
+    # the benchmark's ``free_options`` (judge, BERTScore: a re-run re-scores the same answers).
+    NON_IDENTITY = ("out", "strict", "device", "max_samples")
 
     def __post_init__(self) -> None:
         if self.bench not in BENCHMARKS:
             raise HallbenchError(f"unknown --bench '{self.bench}'; choose one of {', '.join(BENCHMARKS)}")
         spec = get_spec(self.bench)
-        if self.backend not in ("hf", "openai"):
-            raise HallbenchError(f"unknown --backend '{self.backend}'; choose hf or openai")
+        if self.options is None:
+            object.__setattr__(self, "options", spec.options())
+        elif not isinstance(self.options, spec.options):
+            raise HallbenchError(f"--bench {self.bench} takes {spec.options.__name__} options, got {type(self.options).__name__}")
+        check_choices(self)
+        check_choices(self.options)
         if self.backend == "openai" and not (self.base_url and self.api_model):
             raise HallbenchError("--backend openai needs --base-url and --api-model")
-        if self.parser not in ("hallbench", "official"):
-            raise HallbenchError(f"unknown --parser '{self.parser}'; choose hallbench or official")
         if self.max_samples is not None and self.max_samples < 1:
             raise HallbenchError("--max-samples must be >= 1")
         if self.backend == "openai" and (self.min_pixels is not None or self.max_pixels is not None):
@@ -156,9 +124,13 @@ class EvalConfig:
         from hallbench.provenance import check_env_name, check_url_has_no_credentials
 
         check_env_name(self.api_key_env, "--api-key-env")
-        check_env_name(self.judge_key_env, "--judge-key-env")
         check_url_has_no_credentials(self.base_url, "--base-url")
-        check_url_has_no_credentials(self.judge_base_url, "--judge-base-url")
+        for option in fields(self.options):
+            # Options that name a key's variable or an endpoint (the judge's) get the same checks.
+            if option.name.endswith("_key_env"):
+                check_env_name(getattr(self.options, option.name), f"--{option.name.replace('_', '-')}")
+            elif option.name.endswith("base_url"):
+                check_url_has_no_credentials(getattr(self.options, option.name), f"--{option.name.replace('_', '-')}")
         if self.device is not None:
             import torch
 
@@ -166,27 +138,72 @@ class EvalConfig:
                 torch.device(self.device)
             except RuntimeError:
                 raise HallbenchError(f"--device {self.device!r} is not a device: use cpu, cuda, cuda:1, ...") from None
-        if not 0.0 <= self.judge_max_error_rate <= 1.0:
-            raise HallbenchError(f"--judge-max-error-rate must be a fraction from 0 to 1, got {self.judge_max_error_rate}")
-        if self.image_ids is not None and self.bench != "chair":
-            raise HallbenchError("--image-ids applies to --bench chair only")
         if self.decoding.max_new_tokens is None:
             object.__setattr__(self, "decoding", replace(self.decoding, max_new_tokens=spec.default_max_new_tokens))
 
+    @classmethod
+    def from_flags(cls, **flags: Any) -> EvalConfig:
+        """An EvalConfig from flat keyword arguments: its own fields, ``DecodingConfig`` fields, and the
+        options of the benchmark ``bench`` by name (``parser="official"``), as ``hallbench eval`` has them.
+
+        An option of another benchmark is an error unless it has its default (the CLI passes every
+        flag), so that ``--labels`` given to ``--bench chair`` is refused instead of ignored.
+        """
+        bench = flags.get("bench")
+        if bench not in BENCHMARKS:
+            raise HallbenchError(f"unknown --bench '{bench}'; choose one of {', '.join(BENCHMARKS)}")
+        spec = get_spec(bench)
+        own = {f.name for f in fields(cls)} - {"options", "decoding"}
+        decoding_fields = {f.name for f in fields(DecodingConfig)}
+        option_fields = {f.name for f in fields(spec.options)}
+        others = option_flags()
+        values: dict[str, Any] = {}
+        decoding: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        # ``decoding`` is a DecodingConfig (EvalConfig's field) or the strategy's name (the CLI's flag).
+        base = flags.pop("decoding") if isinstance(flags.get("decoding"), DecodingConfig) else DecodingConfig()
+        for name, value in flags.items():
+            if name in own:
+                values[name] = value
+            elif name in decoding_fields:
+                decoding[name] = value
+            elif name in option_fields:
+                options[name] = value
+            elif name in others:
+                declared = others[name]
+                if any(value != option.default for _, option in declared):
+                    users = " and ".join(s.name for s, _ in declared)
+                    raise HallbenchError(f"--{name.replace('_', '-')} applies to --bench {users}, not --bench {bench}")
+            else:
+                raise HallbenchError(f"hallbench eval has no option {name!r}")
+        return cls(**values, decoding=replace(base, **decoding), options=spec.options(**options))
+
     def identity(self) -> dict[str, Any]:
-        """What the answers depend on: every field but ``NON_IDENTITY`` and the benchmark's ``scoring_options``."""
-        skip = {*self.NON_IDENTITY, *scoring_options(self.bench)}
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        """What the answers depend on, flat (one key per flag): every field but ``NON_IDENTITY``, and
+        the benchmark's options but its ``scoring_options`` and ``free_options``."""
+        spec = get_spec(self.bench)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*self.NON_IDENTITY, "options")}
+        skip = {*spec.scoring_options, *spec.free_options}
+        values.update({f.name: getattr(self.options, f.name) for f in fields(self.options) if f.name not in skip})
         values["decoding"] = asdict(self.decoding)
         return json.loads(json.dumps(values, default=str))
 
     def scoring(self) -> dict[str, Any]:
         """The benchmark's scoring options (``scoring_options``) as JSON values."""
-        return json.loads(json.dumps({name: getattr(self, name) for name in scoring_options(self.bench)}, default=str))
+        return json.loads(json.dumps({name: getattr(self.options, name) for name in scoring_options(self.bench)}, default=str))
+
+
+def check_choices(config: Any) -> None:
+    """A clear error for a field of a configuration dataclass whose value is not one of its ``Literal`` choices
+    (the CLI checks them itself; this is for Python callers and recipes)."""
+    for name, kind in get_type_hints(type(config)).items():
+        if get_origin(kind) is Literal and getattr(config, name) not in get_args(kind):
+            choices = ", ".join(map(str, get_args(kind)))
+            raise HallbenchError(f"unknown --{name.replace('_', '-')} {getattr(config, name)!r}; choose one of {choices}")
 
 
 def scoring_options(bench: str) -> tuple[str, ...]:
-    """EvalConfig fields that only change how answers are scored (POPE: parser, labels): changing them re-scores."""
+    """Options of ``bench`` that only change how answers are scored (POPE: parser, labels): changing them re-scores."""
     return get_spec(bench).scoring_options
 
 
@@ -225,8 +242,10 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise HallbenchError(f"{path} is corrupt; move the folder away or choose another --out") from None
-    # Folders of older versions recorded scoring options (the parser) in the identity.
-    previous = {k: v for k, v in config.get("eval", {}).items() if k not in scoring_options(identity["bench"])}
+    # Folders of older versions recorded scoring options (the parser) in the identity, and every
+    # benchmark's options in every run (a POPE run's CHAIR prompt): neither changed an answer.
+    foreign = set(option_flags()) - set(identity)
+    previous = {k: v for k, v in config.get("eval", {}).items() if k not in scoring_options(identity["bench"]) and k not in foreign}
     details = identity_changes(previous, identity)
     if details:
         raise SettingsChangedError(out, details, "choose another --out")
@@ -321,7 +340,7 @@ def _main_scoring(cfg: EvalConfig, previous: dict[str, Any]) -> dict[str, Any]:
         return cfg.scoring()
     if "scoring" in previous:
         return previous["scoring"]
-    defaults = {f.name: f.default for f in fields(EvalConfig)}
+    defaults = {f.name: f.default for f in fields(get_spec(cfg.bench).options)}
     recorded = previous.get("eval", {})
     return json.loads(json.dumps({k: recorded.get(k, defaults[k]) for k in scoring_options(cfg.bench)}, default=str))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,46 @@ def extract_final_answer(text: str, marker: str = DEFAULT_MARKER) -> tuple[str, 
     return reasoning, final, True
 
 
+@dataclass(frozen=True)
+class VqaOptions:
+    """``hallbench eval --bench vqa``'s own options: the final-answer format, the LLM judge of CLOSED
+    questions and the BERTScore of OPEN ones. The judge's and BERTScore's settings may change when a
+    run is resumed (cached verdicts are reused where the judge is the same)."""
+
+    marker: str = "### The final answer is:"
+    """The text that precedes the final answer."""
+    require_marker: bool = False
+    """Count an answer without the marker as wrong (default: use the whole answer and flag it)."""
+    judge_base_url: str | None = None
+    """OpenAI-compatible endpoint of the LLM judge for CLOSED questions (e.g. https://api.deepseek.com)."""
+    judge_model: str = "deepseek-chat"
+    """The judge's model name."""
+    judge_key_env: str | None = None
+    """Environment variable with the judge's API key (default: DEEPSEEK_API_KEY, then OPENAI_API_KEY); the key itself is never a flag."""
+    judge_concurrency: int = 8
+    """Judge requests in flight at once."""
+    judge_timeout: float = 60.0
+    """Seconds one judge request may take before it is retried."""
+    judge_attempts: int = 6
+    """Requests per judgement at most (the first included; backoff between them)."""
+    judge_max_tokens: int = 16
+    """The judge's completion budget (raise it, e.g. to 4096, for a reasoning model that thinks in its reply)."""
+    judge_max_error_rate: float = 0.0
+    """Fraction of CLOSED judgements that may fail (after every attempt) before the run exits with status 1."""
+    bertscore_model: str | None = None
+    """BERTScore model (default: roberta-large when available offline, else the bundled all-MiniLM-L6-v2)."""
+    bertscore_layers: int | None = None
+    """BERTScore layer (default: 17 for roberta-large, 6 for MiniLM)."""
+    bertscore_baseline: Path | None = None
+    """Baseline file for BERTScore rescaling (needed to rescale a local model)."""
+
+
 class VqaBenchmark:
     """One sample per question; judge verdicts and BERTScores are added once generation is done."""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        self.options: VqaOptions = cfg.options
         if cfg.data is None:
             raise HallbenchError(
                 "--bench vqa needs --data: a question file in the seed-001 format (id, img_name, question, answer, answer_type)"
@@ -68,7 +104,7 @@ class VqaBenchmark:
         if cfg.images is None:
             raise HallbenchError("--bench vqa needs --images: the folder that img_name is relative to")
         self.data, self.images = Path(cfg.data), Path(cfg.images)
-        self.marker = cfg.marker
+        self.marker = self.options.marker
 
     def samples(self) -> list[Any]:
         from hallbench.data.formats import read_vqa
@@ -95,7 +131,7 @@ class VqaBenchmark:
             "questions": {"file": str(self.data), "sha256": sha256_file(self.data)},
             "images": str(self.images),
             "marker": self.marker,
-            "require_marker": self.cfg.require_marker,
+            "require_marker": self.options.require_marker,
         }
 
     # -- scoring that needs every answer -------------------------------------------------------
@@ -113,19 +149,19 @@ class VqaBenchmark:
     def _judge_config(self) -> Any:
         from hallbench.eval.judge import JudgeConfig
 
-        if not self.cfg.judge_base_url:
+        if not self.options.judge_base_url:
             raise HallbenchError(
                 "--bench vqa has CLOSED questions: it needs an LLM judge (--judge-base-url, --judge-model, key in DEEPSEEK_API_KEY or "
                 "--judge-key-env); for a local judge without a key run `python -m hallbench.eval.judge_server --port 8765`"
             )
         return JudgeConfig(
-            base_url=self.cfg.judge_base_url,
-            model=self.cfg.judge_model,
-            key_env=self.cfg.judge_key_env,
-            concurrency=self.cfg.judge_concurrency,
-            timeout_s=self.cfg.judge_timeout,
-            max_attempts=self.cfg.judge_attempts,
-            max_tokens=self.cfg.judge_max_tokens,
+            base_url=self.options.judge_base_url,
+            model=self.options.judge_model,
+            key_env=self.options.judge_key_env,
+            concurrency=self.options.judge_concurrency,
+            timeout_s=self.options.judge_timeout,
+            max_attempts=self.options.judge_attempts,
+            max_tokens=self.options.judge_max_tokens,
             cache_path=Path(self.cfg.out) / "judge_cache.sqlite",
         )
 
@@ -133,7 +169,7 @@ class VqaBenchmark:
         from hallbench.eval.bertscore import BertScoreConfig
 
         return BertScoreConfig(
-            model=self.cfg.bertscore_model, num_layers=self.cfg.bertscore_layers, baseline_path=self.cfg.bertscore_baseline
+            model=self.options.bertscore_model, num_layers=self.options.bertscore_layers, baseline_path=self.options.bertscore_baseline
         )
 
     def prepare(self, samples: list[Any]) -> None:
@@ -151,9 +187,9 @@ class VqaBenchmark:
     def finalize(self, records: list[dict]) -> list[dict]:
         """Add judge verdicts (CLOSED) and BERTScores (OPEN) to the records."""
         usable = [r for r in records if not r.get("error")]
-        closed = [r for r in usable if r["answer_type"] == "CLOSED" and not (self.cfg.require_marker and r["missing_marker"])]
+        closed = [r for r in usable if r["answer_type"] == "CLOSED" and not (self.options.require_marker and r["missing_marker"])]
         verdicts, self.judge_stats = self._closed_verdicts(closed)
-        opened = [r for r in usable if r["answer_type"] == "OPEN" and not (self.cfg.require_marker and r["missing_marker"])]
+        opened = [r for r in usable if r["answer_type"] == "OPEN" and not (self.options.require_marker and r["missing_marker"])]
         self.bertscore_info: dict[str, Any] | None = None
         scores: dict[str, tuple[float, float, float]] = {}
         if opened:
@@ -193,19 +229,19 @@ class VqaBenchmark:
         judge_errors = [r["id"] for r in closed if "judge" in r and r["judge"].get("verdict") is None]
         n_open_scored = sum(1 for r in opened if "bertscore" in r)
         return {
-            "metrics": {**metric_values(SPEC, usable, {"require_marker": self.cfg.require_marker}), "n": len(usable)},
+            "metrics": {**metric_values(SPEC, usable, {"require_marker": self.options.require_marker}), "n": len(usable)},
             "n_closed": len(closed),
             "n_closed_judged": len(judged),
             "n_open": len(opened),
             "n_open_scored": n_open_scored,
             "n_open_excluded": len(opened) - n_open_scored,
             "n_missing_marker": sum(1 for r in usable if r["missing_marker"]),
-            "require_marker": self.cfg.require_marker,
+            "require_marker": self.options.require_marker,
             "judge_errors": len(judge_errors),
             "judge_error_ids": judge_errors,
             "judge_error_rate": len(judge_errors) / len(closed) if closed else 0.0,
-            "judge_failed": bool(closed) and len(judge_errors) / len(closed) > self.cfg.judge_max_error_rate,
-            "judge": {"base_url": self.cfg.judge_base_url, "model": self.cfg.judge_model, **getattr(self, "judge_stats", {})},
+            "judge_failed": bool(closed) and len(judge_errors) / len(closed) > self.options.judge_max_error_rate,
+            "judge": {"base_url": self.options.judge_base_url, "model": self.options.judge_model, **getattr(self, "judge_stats", {})},
             "bertscore": getattr(self, "bertscore_info", None),
         }
 
@@ -256,6 +292,9 @@ SPEC = BenchmarkSpec(
     benchmark=VqaBenchmark,
     # Room for the reasoning before the final-answer marker (64 tokens cut most of it off).
     default_max_new_tokens=1024,
+    options=VqaOptions,
+    # The judge's and BERTScore's settings: a resumed run may use another endpoint or scorer.
+    free_options=tuple(f.name for f in fields(VqaOptions) if f.name.startswith(("judge_", "bertscore_"))),
     paper_metrics=("closed_accuracy", "open_bertscore_f1"),
     command_flags=("--judge-base-url <judge endpoint>",),
 )

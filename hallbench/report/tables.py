@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hallbench.eval.benchmark import ALL, BenchmarkSpec, all_specs, get_spec
+from hallbench.eval.benchmark import ALL, BENCHMARKS, BenchmarkSpec, all_specs, get_spec
 from hallbench.report.bootstrap import ALPHA, holm, n_permutations
 from hallbench.report.collect import (
     DECODINGS,
@@ -404,11 +404,16 @@ def _identity_flags(recorded: dict, max_samples: object) -> list[str]:
     for name in ("bench", "model", "data"):  # always: they say what the run is
         if recorded.get(name) is not None:
             flags += flag(name, recorded[name])
-    fields = set(EvalConfig.__dataclass_fields__)
+    # The benchmark's own options and the common fields; keys of neither (another benchmark's options,
+    # which older folders recorded for every run) never changed an answer.
+    owners: dict[str, type] = {name: EvalConfig for name in EvalConfig.__dataclass_fields__ if name != "options"}
+    if recorded.get("bench") in BENCHMARKS:
+        owners |= {name: get_spec(recorded["bench"]).options for name in get_spec(recorded["bench"]).options.__dataclass_fields__}
     for name, value in recorded.items():
-        if name in ("bench", "model", "data", "decoding") or name not in fields or value is None:
+        if name in ("bench", "model", "data", "decoding") or name not in owners or value is None:
             continue
-        if value != field_default(EvalConfig, name) and str(value) != str(field_default(EvalConfig, name)):
+        default = field_default(owners[name], name)
+        if value != default and str(value) != str(default):
             flags += flag(name, value)
     decoding = recorded.get("decoding") if isinstance(recorded.get("decoding"), dict) else {}
     for name, value in decoding.items():
