@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI's rich consoles fix their width at import when COLUMNS is set (pytest-xdist's workers set
+# 80): without it they follow each CliRunner call's env={"COLUMNS": ...}, as in a plain pytest run.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one intra-op thread each (and in the CLIs and ranks they start), so
+    # that the workers' OpenMP threads do not oversubscribe the cores and spin against each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
 # Caches (CHAIR ground truth) go to a fresh folder, never the user's ~/.cache.
 os.environ["HALLBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="hallbench-test-cache-")
 

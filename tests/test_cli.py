@@ -81,7 +81,7 @@ def test_ask_with_a_missing_model_is_one_clear_line(tmp_path, shapes_dir):
 def test_models_lists_the_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("HALLBENCH_BASEMODEL_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "400"})  # a long tmp_path (pytest-xdist's) stays on one line
     assert result.exit_code == 0
     assert "qwen2b" in result.output and "not on this machine" in result.output and "built in code" in result.output
 

@@ -19,9 +19,9 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     out = tmp_path / "demo"
     # First interrupted in the middle of pretraining (after its checkpoint at step 4): the next demo resumes it.
     interrupt_training_at(7)
-    assert runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"}).exit_code != 0
+    assert runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "400"}).exit_code != 0
     monkeypatch.undo()
-    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     pretrain_folder = out / "pretrained" / "Tiny-Qwen3-VL-shapes"
     assert json.loads((pretrain_folder / "train_summary.json").read_text())["resumed_from"].endswith("checkpoint-4")
@@ -69,7 +69,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     assert pretrained["data"]["train"].endswith("pretrain_list_exist.json")  # short answers only, see DemoProfile.pretrain_kinds
 
     first_table = (report / "table2.md").read_text()
-    again = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "400"})
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped output_model_") == 4  # a finished demo resumes without retraining
     rerun_times = json.loads((out / "demo_times.json").read_text())
@@ -77,7 +77,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch
     assert (report / "table2.md").read_text() == first_table  # the same runs give the same report, byte for byte
 
     # A second fine-tuning seed: seed 0's runs are reused, seed 1's trained; the table shows mean ± sd over both.
-    seeds = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "0,1"], env={"COLUMNS": "200"})
+    seeds = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--seeds", "0,1"], env={"COLUMNS": "400"})
     assert seeds.exit_code == 0, seeds.output
     assert seeds.output.count("skipped output_model_") == 4 and seeds.output.count("trained output_model_") == 4
     assert sorted(p.name for p in (out / "study" / "runs").iterdir() if p.name.endswith("_seed1")) == sorted(

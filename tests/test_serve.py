@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from hallbench.eval.engine import DecodingConfig
@@ -70,6 +71,7 @@ def _predictions(out: Path) -> dict[str, str]:
     return {r["id"]: r["prediction"] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
 
 
+@pytest.mark.slow  # about 45 s: a model server in a subprocess; the openai backend itself is tested against real HTTP servers in test_engine.py
 def test_a_saved_base_run_serves_with_transformers_serve(tmp_path, monkeypatch):
     data, images, questions = _colour_world(tmp_path / "world")
     base = build_checkpoint_shaped("qwen2b", tmp_path / "Qwen3-VL-2B-Instruct")
