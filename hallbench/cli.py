@@ -487,16 +487,30 @@ def _fmt(value: object) -> str:
 # Data
 
 
+def _shapes_help(field: str) -> str:
+    from hallbench.data.shapes import ShapesConfig
+    from hallbench.fielddocs import option_help
+
+    return option_help(ShapesConfig, field)
+
+
+def _pope_build_help(field: str) -> str:
+    from hallbench.data.pope_build import PopeBuildConfig
+    from hallbench.fielddocs import option_help
+
+    return option_help(PopeBuildConfig, field)
+
+
 @data_app.command("shapes")
 def data_shapes(
     out: Annotated[Path, typer.Option(help="Folder to write the world into (created if missing).")],
-    seed: Annotated[int, typer.Option(help="Master seed: the same options and seed give byte-identical files.")] = 0,
-    n_train: Annotated[int, typer.Option(help="Number of training images.")] = 2000,
-    n_val: Annotated[int, typer.Option(help="Number of validation images (POPE, CHAIR and VQA are built from these).")] = 500,
-    image_size: Annotated[int, typer.Option(help="Side of the square PNG images in pixels.")] = 128,
-    theme_prob: Annotated[float, typer.Option(help="Probability that an object comes from the image's theme (co-occurrence bias).")] = 0.85,
-    max_objects: Annotated[int, typer.Option(help="Most objects per image.")] = 4,
-    clutter: Annotated[int, typer.Option(help="Grey distractor strokes per image.")] = 3,
+    seed: Annotated[int, typer.Option(help=_shapes_help("seed"))] = 0,
+    n_train: Annotated[int, typer.Option(help=_shapes_help("n_train"))] = 2000,
+    n_val: Annotated[int, typer.Option(help=_shapes_help("n_val"))] = 500,
+    image_size: Annotated[int, typer.Option(help=_shapes_help("image_size"))] = 128,
+    theme_prob: Annotated[float, typer.Option(help=_shapes_help("theme_prob"))] = 0.85,
+    max_objects: Annotated[int, typer.Option(help=_shapes_help("max_objects"))] = 4,
+    clutter: Annotated[int, typer.Option(help=_shapes_help("clutter"))] = 3,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any other ShapesConfig field as KEY=VALUE (see docs/data_formats.md); repeatable."),
@@ -527,13 +541,11 @@ def data_pope(
     instances: Annotated[Path, typer.Option(help="COCO-format instances file (e.g. instances_val2014.json, or a shapes world's).")],
     images: Annotated[Path, typer.Option(help="Folder of the images it describes (recorded, so that eval finds them).")],
     out: Annotated[Path, typer.Option(help="Folder for random.jsonl, popular.jsonl, adversarial.jsonl, image_ids.json, pope_build.json.")],
-    n_images: Annotated[
-        int | None, typer.Option(help="Images to sample among the eligible ones (POPE: 500); omit with --all-images.")
-    ] = 500,
+    n_images: Annotated[int | None, typer.Option(help=_pope_build_help("n_images"))] = 500,
     all_images: Annotated[bool, typer.Option(help="Use every eligible image instead of --n-images.")] = False,
-    per_image: Annotated[int, typer.Option(help="Yes questions per image (as many no questions are added).")] = 3,
-    min_objects: Annotated[int | None, typer.Option(help="Fewest object categories for an eligible image (default: --per-image).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice; same input and seed give byte-identical files.")] = 0,
+    per_image: Annotated[int, typer.Option(help=_pope_build_help("per_image"))] = 3,
+    min_objects: Annotated[int | None, typer.Option(help=_pope_build_help("min_objects"))] = None,
+    seed: Annotated[int, typer.Option(help=_pope_build_help("seed"))] = 0,
 ) -> None:
     """Build POPE random/popular/adversarial question files from a COCO instances file, as in the POPE paper."""
     from hallbench.data.pope_build import PopeBuildConfig, build_pope

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import typer.main
 from typer.testing import CliRunner
 
 from hallbench.cli import app
@@ -206,3 +207,19 @@ def test_an_option_of_another_benchmark_is_refused_not_ignored(tmp_path, shapes_
     assert result.exit_code == 2 and "'strict' is not one of 'hallbench', 'official'" in result.output
     with pytest.raises(HallbenchError, match="unknown --parser 'strict'; choose one of hallbench, official"):
         EvalConfig.from_flags(bench="mme", out=tmp_path, parser="strict")  # Python callers get the same check
+
+
+def test_data_command_help_and_defaults_come_from_their_config_fields():
+    from hallbench.data.pope_build import PopeBuildConfig
+    from hallbench.data.shapes import ShapesConfig
+    from hallbench.fielddocs import field_default, option_help
+
+    data = typer.main.get_command(app).commands["data"]  # type: ignore[attr-defined]
+    for command, cls, own in (
+        ("shapes", ShapesConfig, {"out", "set_"}),
+        ("pope", PopeBuildConfig, {"instances", "images", "out", "all_images"}),
+    ):
+        params = {p.name: p for p in data.commands[command].params if p.name != "help"}
+        assert set(params) - own <= set(cls.__dataclass_fields__), command
+        for name in set(params) - own:
+            assert params[name].help == option_help(cls, name) and params[name].default == field_default(cls, name), (command, name)

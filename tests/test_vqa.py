@@ -135,6 +135,16 @@ def test_closed_questions_need_a_judge(tmp_path, shapes_dir, vqa_file):
         run_eval(_config(tmp_path, path, shapes_dir, None), backend=ScriptedBackend(_answers(items)), progress=False)
 
 
+def test_vqa_options_are_checked_where_they_are_declared():
+    from hallbench.eval.vqa import VqaOptions
+
+    with pytest.raises(HallbenchError, match="--judge-max-error-rate must be a fraction from 0 to 1, got 1.5"):
+        VqaOptions(judge_max_error_rate=1.5)
+    with pytest.raises(HallbenchError, match="--judge-base-url must not contain credentials"):
+        VqaOptions(judge_base_url="https://me:pw@api.deepseek.com")
+    assert VqaOptions(judge_max_error_rate=0.1).judge_max_error_rate == 0.1
+
+
 def test_cli_vqa_with_the_tiny_model_and_the_local_judge(tmp_path, shapes_dir, vqa_file):
     path, _ = vqa_file
     with start_judge_server() as server:

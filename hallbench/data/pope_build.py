@@ -61,7 +61,7 @@ class PopeBuildConfig:
     """How to sample POPE questions. Every field is recorded in ``pope_build.json``."""
 
     n_images: int | None = 500
-    """Number of images to sample among the eligible ones (POPE uses 500); ``None`` takes every eligible image."""
+    """Number of images to sample among the eligible ones (POPE uses 500); ``None`` (``--all-images``) takes every eligible image."""
     per_image: int = 3
     """Positive questions per image; the same number of negative questions is asked, so 2 * per_image per image."""
     seed: int = 0

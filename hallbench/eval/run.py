@@ -125,12 +125,6 @@ class EvalConfig:
 
         check_env_name(self.api_key_env, "--api-key-env")
         check_url_has_no_credentials(self.base_url, "--base-url")
-        for option in fields(self.options):
-            # Options that name a key's variable or an endpoint (the judge's) get the same checks.
-            if option.name.endswith("_key_env"):
-                check_env_name(getattr(self.options, option.name), f"--{option.name.replace('_', '-')}")
-            elif option.name.endswith("base_url"):
-                check_url_has_no_credentials(getattr(self.options, option.name), f"--{option.name.replace('_', '-')}")
         if self.device is not None:
             import torch
 

@@ -90,6 +90,14 @@ class VqaOptions:
     bertscore_baseline: Path | None = None
     """Baseline file for BERTScore rescaling (needed to rescale a local model)."""
 
+    def __post_init__(self) -> None:
+        from hallbench.provenance import check_env_name, check_url_has_no_credentials
+
+        check_env_name(self.judge_key_env, "--judge-key-env")
+        check_url_has_no_credentials(self.judge_base_url, "--judge-base-url")
+        if not 0.0 <= self.judge_max_error_rate <= 1.0:
+            raise HallbenchError(f"--judge-max-error-rate must be a fraction from 0 to 1, got {self.judge_max_error_rate}")
+
 
 class VqaBenchmark:
     """One sample per question; judge verdicts and BERTScores are added once generation is done."""
