@@ -323,8 +323,11 @@ def _with_benchmark_options(command: Callable[..., None]) -> Callable[..., None]
 
     signature = inspect.signature(command, eval_str=True)
     params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    common = {p.name for p in params}
     for name, declared in option_flags().items():
         spec, option = declared[0]
+        if name in common:
+            raise ValueError(f"{spec.name}'s option {name!r} is already a hallbench eval flag for every benchmark; rename it")
         # A shared option (POPE's and MME's --parser) is one flag: its panel names every benchmark.
         panel = " and ".join(s.title for s, _ in declared) + " options"
         helps = list(dict.fromkeys(option_help(s.options, name) for s, _ in declared))
