@@ -166,6 +166,20 @@ def _freeze(model: Any, family: Any, cfg: TrainConfig) -> Any:
     return model
 
 
+def _skip_inference_only_cpu_ops() -> None:
+    """Without CUDA, DeepSpeed's communication backend JIT-builds its shared-memory all-reduce op
+    (``deepspeed_shm_comm``, 50-100 s of ninja on two cores, again for every new environment) when it
+    starts. The op serves only ``inference_all_reduce``, never ZeRO training, so it is marked
+    unavailable, as on a machine where it cannot build: DeepSpeed then uses the process group (gloo)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _training_arguments(cfg: TrainConfig, folder: Path, precision: str) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -302,6 +316,8 @@ def _train_locked(cfg: TrainConfig, folder: Path, *, progress: bool) -> TrainRes
     evidence_cfg = cfg.evidence
     precision = _precision(cfg)
 
+    if cfg.deepspeed:
+        _skip_inference_only_cpu_ops()
     # TrainingArguments first: with ZeRO-3 they register the DeepSpeed config, and only then does
     # from_pretrained partition the weights while loading (each rank never holds the whole model).
     args = _training_arguments(cfg, folder, precision)
