@@ -391,7 +391,7 @@ def option_flags() -> dict[str, list[tuple[BenchmarkSpec, Field]]]:
     """Every benchmark option by name (its ``--flag``) -> the benchmarks that declare it, with their field.
 
     Benchmarks may share an option (POPE's and MME's yes/no ``parser``): one flag then serves both, so
-    its type and default must agree (``tests/test_benchmark_options.py``).
+    its type and default must agree (``tests/test_cli.py``).
     """
     flags: dict[str, list[tuple[BenchmarkSpec, Field]]] = {}
     for spec in all_specs():
