@@ -146,10 +146,7 @@ class EvalConfig:
         bench = flags.get("bench")
         if bench not in BENCHMARKS:
             raise HallbenchError(f"unknown --bench '{bench}'; choose one of {', '.join(BENCHMARKS)}")
-        spec = get_spec(bench)
-        own = {f.name for f in fields(cls)} - {"options", "decoding"}
-        decoding_fields = {f.name for f in fields(DecodingConfig)}
-        option_fields = {f.name for f in fields(spec.options)}
+        owners = flag_fields(bench)
         others = option_flags()
         values: dict[str, Any] = {}
         decoding: dict[str, Any] = {}
@@ -157,11 +154,12 @@ class EvalConfig:
         # ``decoding`` is a DecodingConfig (EvalConfig's field) or the strategy's name (the CLI's flag).
         base = flags.pop("decoding") if isinstance(flags.get("decoding"), DecodingConfig) else DecodingConfig()
         for name, value in flags.items():
-            if name in own:
+            owner = owners.get(name)
+            if owner is cls:
                 values[name] = value
-            elif name in decoding_fields:
+            elif owner is DecodingConfig:
                 decoding[name] = value
-            elif name in option_fields:
+            elif owner is not None:
                 options[name] = value
             elif name in others:
                 declared = others[name]
@@ -170,7 +168,7 @@ class EvalConfig:
                     raise HallbenchError(f"--{name.replace('_', '-')} applies to --bench {users}, not --bench {bench}")
             else:
                 raise HallbenchError(f"hallbench eval has no option {name!r}")
-        return cls(**values, decoding=replace(base, **decoding), options=spec.options(**options))
+        return cls(**values, decoding=replace(base, **decoding), options=get_spec(bench).options(**options))
 
     def identity(self) -> dict[str, Any]:
         """What the answers depend on, flat (one key per flag): every field but ``NON_IDENTITY``, and
@@ -185,6 +183,17 @@ class EvalConfig:
     def scoring(self) -> dict[str, Any]:
         """The benchmark's scoring options (``scoring_options``) as JSON values."""
         return json.loads(json.dumps({name: getattr(self.options, name) for name in scoring_options(self.bench)}, default=str))
+
+
+def flag_fields(bench: str) -> dict[str, type]:
+    """Every setting of ``hallbench eval --bench <bench>`` by flag name -> the dataclass that declares
+    it: ``EvalConfig`` (common to every benchmark), ``DecodingConfig`` (``decoding`` is its strategy),
+    or the benchmark's options class."""
+    options = get_spec(bench).options
+    owners: dict[str, type] = {f.name: EvalConfig for f in fields(EvalConfig) if f.name not in ("options", "decoding")}
+    owners |= {f.name: DecodingConfig for f in fields(DecodingConfig)}
+    owners |= {f.name: options for f in fields(options)}
+    return owners
 
 
 def check_choices(config: Any) -> None:

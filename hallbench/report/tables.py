@@ -391,7 +391,7 @@ def _identity_flags(recorded: dict, max_samples: object) -> list[str]:
     """The ``hallbench eval`` flags that give a run's recorded identity (``config.json`` ``eval``): every
     setting that differs from its default, the decoding's included, and ``--max-samples``."""
     from hallbench.eval.engine import DecodingConfig
-    from hallbench.eval.run import EvalConfig
+    from hallbench.eval.run import EvalConfig, flag_fields
     from hallbench.fielddocs import field_default
 
     def flag(name: str, value: object) -> list[str]:
@@ -404,11 +404,12 @@ def _identity_flags(recorded: dict, max_samples: object) -> list[str]:
     for name in ("bench", "model", "data"):  # always: they say what the run is
         if recorded.get(name) is not None:
             flags += flag(name, recorded[name])
-    # The benchmark's own options and the common fields; keys of neither (another benchmark's options,
-    # which older folders recorded for every run) never changed an answer.
-    owners: dict[str, type] = {name: EvalConfig for name in EvalConfig.__dataclass_fields__ if name != "options"}
+    # The common fields and the benchmark's own options; another benchmark's options (older folders
+    # recorded them for every run) never changed an answer. The decoding's fields are read below.
     if recorded.get("bench") in BENCHMARKS:
-        owners |= {name: get_spec(recorded["bench"]).options for name in get_spec(recorded["bench"]).options.__dataclass_fields__}
+        owners = flag_fields(recorded["bench"])
+    else:
+        owners = {name: EvalConfig for name in EvalConfig.__dataclass_fields__ if name != "options"}
     for name, value in recorded.items():
         if name in ("bench", "model", "data", "decoding") or name not in owners or value is None:
             continue
